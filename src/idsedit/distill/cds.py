@@ -1,0 +1,128 @@
+"""Contrastive Denoising Score (Nam et al., CVPR 2024): DDS + PatchNCE on self-attention features.
+
+    grad     = eps^w(z_t_trg, y_trg) - eps^w(z_t_src, y_src)                          (DDS term)
+    aux_loss = w_cut * sum_layers sum_patch_sizes mean_i PatchNCE(f_src[i], f_trg[i])  (CUT term)
+
+f are the outputs of the self-attention (``attn1``) of every UNet up block, for the conditional branch:
+f_src from the batched DDS call (no grad), f_trg from a second forward of z_t_trg = sqrt(ab) z_trg + sqrt(1-ab) eps
+WITH grad to z_trg. They are captured with forward hooks (no patched attention processor, the UNet is untouched).
+Features are average-pooled by each patch size, L2-normalised over channels, and ``n_patches`` random locations
+(shared by source and target) enter
+
+    PatchNCE(q, k) = -log( exp(q_i . k_i / tau) / (exp(q_i . k_i / tau) + sum_{j != i} exp(q_i . k_j / tau)) )
+
+with q = f_src (detached) and k = f_trg (the official ``diagonal -> -10`` masking of the negatives is kept).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import diffusion as D
+from . import DistillOutput, register
+
+
+def self_attention_layers(unet) -> list[str]:
+    """Names of the self-attention modules of the up blocks, in module order (the official CUT layers)."""
+    return [n for n, _ in unet.named_modules() if n.startswith("up_blocks") and n.endswith(".attn1")]
+
+
+@contextmanager
+def capture_outputs(module, names: list[str]):
+    """Collect the outputs of the named submodules during the forwards run inside the block: {name: Tensor}."""
+    feats: dict[str, Tensor] = {}
+    modules = dict(module.named_modules())
+
+    def hook_for(name):
+        def hook(_module, _args, output):
+            feats[name] = output
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    try:
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def token_grid(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a feature map with n_tokens tokens in a UNet whose input is latent_hw (halving with ceil)."""
+    h, w = latent_hw
+    while h * w > n_tokens:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w != n_tokens:
+        raise ValueError(f"cannot place {n_tokens} tokens on a grid derived from {latent_hw}")
+    return h, w
+
+
+def patch_nce(q: Tensor, k: Tensor, tau: float) -> Tensor:
+    """PatchNCE per patch (N,): cross-entropy of [q_i.k_i, q_i.k_j (j != i, diagonal set to -10)] / tau, label 0.
+
+    q, k: (N, C) L2-normalised features; q is detached (the source is the fixed reference).
+    """
+    q = q.detach()
+    l_pos = (q * k).sum(dim=1, keepdim=True)                            # (N, 1)
+    l_neg = q @ k.t()                                                   # (N, N)
+    l_neg = l_neg.masked_fill(torch.eye(len(q), dtype=torch.bool, device=q.device), -10.0)
+    logits = torch.cat([l_pos, l_neg], dim=1) / tau                     # (N, 1 + N)
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device), reduction="none")
+
+
+def cut_loss(f_src: Tensor, f_trg: Tensor, hw: tuple[int, int], cfg, sampler) -> Tensor:
+    """Sum over patch sizes of the mean PatchNCE between (B, h*w, C) features; one permutation per patch size."""
+    b, _, c = f_src.shape
+    src = f_src.reshape(b, *hw, c).permute(0, 3, 1, 2)                  # (B, C, h, w)
+    trg = f_trg.reshape(b, *hw, c).permute(0, 3, 1, 2)
+    loss = f_trg.new_zeros(())
+    for ps in cfg.patch_sizes:
+        s = F.avg_pool2d(src, ps) if ps > 1 else src
+        g = F.avg_pool2d(trg, ps) if ps > 1 else trg
+        s = F.normalize(s, dim=1).permute(0, 2, 3, 1).flatten(1, 2)     # (B, N, C)
+        g = F.normalize(g, dim=1).permute(0, 2, 3, 1).flatten(1, 2)
+        ids = sampler.permutation(s.shape[1], device=s.device)[: min(cfg.n_patches, s.shape[1])]
+        for i in range(b):
+            loss = loss + patch_nce(s[i, ids], g[i, ids], cfg.nce_tau).mean() / b
+    return loss
+
+
+def cond_rows(features: Tensor, n_branches: int, branch: int, batch: int, guidance: float) -> Tensor:
+    """Rows of a batched call's features that belong to the conditional pass of branch ``branch``."""
+    start = (n_branches if guidance != 1.0 else 0) * batch + branch * batch
+    return features[start:start + batch]
+
+
+def guided_pair_with_features(prior, z_t_src, z_t_trg, t, cond_src, cond_trg, guidance, layers):
+    """DDS difference from one batched call, plus the source's conditional self-attention features."""
+    with torch.no_grad(), capture_outputs(prior.unet, layers) as feats:
+        eps_src, eps_trg = prior.eps([z_t_src, z_t_trg], t, [cond_src, cond_trg], guidance)
+    b = z_t_src.shape[0]
+    refs = {n: cond_rows(f, 2, 0, b, guidance).detach() for n, f in feats.items()}
+    return (eps_trg - eps_src).detach(), refs
+
+
+def contrastive_loss(prior, z_trg, noise, t, cond_trg, refs, layers, cfg, sampler) -> Tensor:
+    """w_cut * CUT loss between the source features ``refs`` and those of z_t_trg(z_trg), differentiable in z_trg."""
+    ab = prior.alpha_bar(t, z_trg.ndim)
+    with torch.enable_grad():
+        z_t_trg = D.add_noise(z_trg, noise, ab)
+        with capture_outputs(prior.unet, layers) as feats:
+            prior.eps([z_t_trg], t, [cond_trg], guidance=1.0)           # conditional branch only
+        hw = tuple(z_trg.shape[-2:])
+        loss = sum(cut_loss(refs[n], feats[n], token_grid(feats[n].shape[1], hw), cfg, sampler) for n in layers)
+    return cfg.cut_weight * loss
+
+
+@register("cds", "contrastive denoising score: DDS + PatchNCE on up-block self-attention")
+def cds(prior, z_src, z_trg, t, noise, cond_src, cond_trg, cfg, sampler) -> DistillOutput:
+    ab = prior.alpha_bar(t, z_trg.ndim)
+    layers = self_attention_layers(prior.unet)
+    z_t_src, z_t_trg = D.add_noise(z_src, noise, ab), D.add_noise(z_trg.detach(), noise, ab)
+    grad, refs = guided_pair_with_features(prior, z_t_src, z_t_trg, t, cond_src, cond_trg, cfg.guidance, layers)
+    aux = contrastive_loss(prior, z_trg, noise, t, cond_trg, refs, layers, cfg, sampler)
+    return DistillOutput(grad=grad, aux_loss=aux, info={"cut_loss": float(aux.detach())})

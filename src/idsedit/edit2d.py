@@ -1,0 +1,210 @@
+"""The image edit loop: latent optimisation, as in the paper (Sec. 4.1).
+
+    z_src = E(x) (VAE mean * scaling factor);  z_trg <- z_src
+    repeat `steps` times:  t ~ U{50..948}, eps ~ N(0, I);  loss = 2000 * w * sum(z_trg * grad) / (H W) [+ aux]
+                           z_trg <- z_trg - lr * d loss / d z_trg                      (SGD, lr 0.1, 200 steps)
+    x_edit = D(z_trg)
+
+Images of any size: resized for the model keeping the aspect ratio (longer side = the model's resolution, sides
+rounded to the UNet's multiple), edited, and resized back to the input size. With a mask (white = editable) the
+update is zeroed outside the mask in latent space, and the decoded result is composited over the input outside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .distill import DistillConfig, get_method
+from .errors import IdseditError
+from .loop import LOSS_SCALE, T_MAX, T_MIN, distill_step, draw_step
+from .rng import Sampler
+
+
+@dataclass
+class EditConfig:
+    """Settings of one edit (defaults: the official IDS image-editing setup)."""
+
+    method: str = "ids"             # sds | dds | cds | pds | ids
+    steps: int = 200                # optimisation steps
+    lr: float = 0.1                 # SGD learning rate on the latent
+    seed: int | None = 0            # seed of the step draws; None = global RNGs, the official code's behaviour
+    t_min: int = T_MIN              # t ~ U{t_min, ..., t_max - 1}
+    t_max: int = T_MAX
+    loss_scale: float = LOSS_SCALE  # the official 2000 (divided by H_lat * W_lat)
+    weight: float = 1.0             # w_dds: weight of the distillation term
+    frames_every: int = 0           # keep a decoded frame every k steps (0: none)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self):
+        get_method(self.method)  # unknown names fail here, with the list of valid ones
+        if self.steps < 1:
+            raise IdseditError(f"--steps must be >= 1, got {self.steps}")
+        if not 0 <= self.t_min < self.t_max <= 1000:
+            raise IdseditError(f"timestep range [{self.t_min}, {self.t_max}) must lie inside [0, 1000)")
+        if not self.lr > 0:
+            raise IdseditError(f"--lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class EditResult:
+    """An edited image with everything needed to reproduce and judge it."""
+
+    image: Image.Image                      # edited, at the input size
+    source_image: Image.Image               # the input (RGB)
+    latent: Tensor                          # final z_trg
+    source_latent: Tensor                   # z_src
+    config: EditConfig
+    source: str
+    target: str
+    frames: list = field(default_factory=list)    # [(step, PIL image)]
+    timings: dict = field(default_factory=dict)   # seconds
+    unet_calls: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """Every setting, timing and count as a JSON-serialisable dict."""
+        return {"source": self.source, "target": self.target, "config": dataclasses.asdict(self.config),
+                "input_size": list(self.source_image.size), "latent_shape": list(self.latent.shape),
+                "timings_s": self.timings, "unet_calls": self.unet_calls, "diagnostics": self.diagnostics}
+
+
+@dataclass
+class InvertResult:
+    """A -> B -> A: the forward edit, the backward edit, and the reconstruction PSNR of A."""
+
+    forward: EditResult
+    backward: EditResult
+    psnr: float         # dB, pixels of A->B->A vs A (at input size)
+    latent_psnr: float  # dB, z after A->B->A vs z_src, peak = max |z_src|
+
+
+def image_to_tensor(img: Image.Image) -> Tensor:
+    """PIL RGB -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def tensor_to_image(x: Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] -> PIL RGB."""
+    a = (x[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """10 log10(peak^2 / mean((a - b)^2)), in dB (inf for identical inputs)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
+
+
+def latent_mask(mask: Image.Image, latent_hw: tuple[int, int], device) -> Tensor:
+    """A (1, 1, h, w) soft mask in [0, 1] from a PIL mask (white = editable), area-averaged to the latent grid."""
+    m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    return F.interpolate(m, size=latent_hw, mode="area").to(device)
+
+
+def edit_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *, sampler: Sampler | None = None,
+                 mask: Tensor | None = None, callback: Callable | None = None, progress: bool = False) -> Tensor:
+    """Optimise z_trg from z_src for ``config.steps`` steps; returns the final z_trg (detached).
+
+    ``callback(step, z_trg, draw, out)`` is called after each update (frames, live previews, logging).
+    """
+    sampler = sampler if sampler is not None else Sampler.seeded(config.seed)
+    z_trg = z_src.detach().clone().requires_grad_(True)
+    opt = torch.optim.SGD([z_trg], lr=config.lr)
+    steps = range(config.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=config.method, unit="step", leave=False)
+    for i in steps:
+        opt.zero_grad(set_to_none=True)
+        draw = draw_step(sampler, z_src, config.t_min, config.t_max)
+        loss, out = distill_step(prior, config.method, z_src, z_trg, draw, cond_src, cond_trg, config.distill,
+                                 sampler, scale=config.loss_scale, weight=config.weight)
+        loss.backward()
+        if mask is not None:
+            z_trg.grad.mul_(mask)
+        opt.step()
+        if callback is not None:
+            callback(i, z_trg, draw, out)
+    return z_trg.detach()
+
+
+def _composite(edited: Image.Image, source: Image.Image, mask: Image.Image | None) -> Image.Image:
+    if mask is None:
+        return edited
+    return Image.composite(edited, source, mask.convert("L").resize(source.size, Image.Resampling.BILINEAR))
+
+
+def edit_image(prior, image: Image.Image, source: str, target: str, config: EditConfig | None = None, *,
+               mask: Image.Image | None = None, progress: bool = True, callback: Callable | None = None,
+               z_src: Tensor | None = None) -> EditResult:
+    """Edit ``image`` (described by ``source``) towards ``target`` with ``config.method``."""
+    from .images import fit_to_model, restore_size
+
+    config = config or EditConfig()
+    prior.check_prompt(source, "source prompt")
+    prior.check_prompt(target, "target prompt")
+    image = image.convert("RGB")
+    fitted = fit_to_model(image, prior.resolution, prior.latent_multiple)
+    t0 = time.perf_counter()
+    if z_src is None:
+        z_src = prior.encode(image_to_tensor(fitted))
+    cond_src = prior.encode_text(source, config.distill.negative_prompt)
+    cond_trg = prior.encode_text(target, config.distill.negative_prompt)
+    t1 = time.perf_counter()
+    mask_lat = latent_mask(mask.resize(fitted.size), tuple(z_src.shape[-2:]), z_src.device) if mask else None
+    frames, fpr_first, fpr_last, fpr_updates = [], [], [], []
+
+    def on_step(i, z, draw, out):
+        if "fpr_norms" in out.info and out.info["fpr_norms"]:
+            fpr_first.append(out.info["fpr_norms"][0])
+            fpr_last.append(out.info["fpr_norms"][-1])
+            fpr_updates.append(out.info["fpr_updates"])
+        if config.frames_every and (i + 1) % config.frames_every == 0:
+            frame = restore_size(tensor_to_image(prior.decode(z.detach())), image.size)
+            frames.append((i + 1, _composite(frame, image, mask)))
+        if callback is not None:
+            callback(i, z, draw, out)
+
+    calls0 = prior.calls.snapshot()
+    z = edit_latents(prior, z_src, cond_src, cond_trg, config, mask=mask_lat, callback=on_step, progress=progress)
+    t2 = time.perf_counter()
+    edited = _composite(restore_size(tensor_to_image(prior.decode(z)), image.size), image, mask)
+    t3 = time.perf_counter()
+    calls = {k: v - calls0[k] for k, v in prior.calls.snapshot().items()}
+    calls.update({f"{k}_per_step": calls[k] / config.steps for k in ("forward", "backward", "samples")})
+    diagnostics = {}
+    if fpr_first:
+        diagnostics = {"fpr_residual_first_mean": float(np.mean(fpr_first)),
+                       "fpr_residual_last_mean": float(np.mean(fpr_last)),
+                       "fpr_updates_mean": float(np.mean(fpr_updates))}
+    return EditResult(image=edited, source_image=image, latent=z, source_latent=z_src, config=config, source=source,
+                      target=target, frames=frames, unet_calls=calls, diagnostics=diagnostics,
+                      timings={"encode_s": t1 - t0, "edit_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,
+                               "per_step_s": (t2 - t1) / config.steps})
+
+
+def invert_image(prior, image: Image.Image, source: str, target: str, config: EditConfig | None = None, *,
+                 progress: bool = True) -> InvertResult:
+    """Edit A -> B with (source, target), then B -> A with (target, source) from B's latent; PSNR of A->B->A vs A.
+
+    The backward edit starts from the forward edit's latent (no VAE round trip in between), so the score measures
+    the method, not the autoencoder.
+    """
+    config = config or EditConfig()
+    fwd = edit_image(prior, image, source, target, config, progress=progress)
+    bwd = edit_image(prior, fwd.image, target, source, config, progress=progress, z_src=fwd.latent)
+    a = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    aba = np.asarray(bwd.image, np.float32) / 255.0
+    z0, z2 = fwd.source_latent, bwd.latent
+    peak = float(z0.abs().max())
+    return InvertResult(fwd, bwd, psnr(a, aba), psnr(z0.cpu().numpy(), z2.cpu().numpy(), peak))

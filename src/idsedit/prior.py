@@ -1,0 +1,330 @@
+"""Prior: one diffusers text-to-image pipeline behind a small surface.
+
+Every distillation method talks to a diffusion model through :meth:`Prior.eps` only:
+
+    eps_1, ..., eps_n = prior.eps([z_t_1, ..., z_t_n], t, [cond_1, ..., cond_n], guidance)
+
+which runs ONE batched UNet call ``[uncond * z_t_1 .. uncond * z_t_n, cond_1 * z_t_1 .. cond_n * z_t_n]`` (the
+official IDS batch order), converts v-predictions to eps, and applies classifier-free guidance
+``eps = eps_u + w (eps_c - eps_u)``. Diffusers specifics (SDXL's pooled embeddings and time ids, dtypes, the VAE's
+scaling factor) stay in this file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import diffusion as D
+from .errors import ModelLoadError, IdseditError
+
+BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "mini-sd"
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+@dataclass(frozen=True)
+class Cond:
+    """Text conditioning of one prompt, ready for classifier-free guidance.
+
+    ``embeds`` is (2, L, D): row 0 the negative/unconditional prompt, row 1 the prompt. SDXL adds ``pooled``
+    (2, P); its ``time_ids`` are built per call from the latent size.
+    """
+
+    prompt: str
+    negative: str
+    embeds: Tensor
+    pooled: Tensor | None = None
+
+
+@dataclass
+class UNetCounter:
+    """UNet calls made through the prior: forward calls, samples pushed through, backward passes."""
+
+    forward: int = 0
+    samples: int = 0
+    backward: int = 0
+
+    def snapshot(self) -> dict:
+        return {"forward": self.forward, "samples": self.samples, "backward": self.backward}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The given device, else CUDA, else MPS, else CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The given dtype, else fp16 on CUDA/MPS (as the official code) and fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        if dtype.lower() not in _DTYPES:
+            raise IdseditError(f"unknown dtype {dtype!r}: use one of fp32, fp16, bf16")
+        return _DTYPES[dtype.lower()]
+    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+class Prior:
+    """A Stable-Diffusion-family pipeline (SD 1.x, SD 2.x eps or v, SDXL) seen as a score model.
+
+    Build with :func:`load_prior` or ``Prior(pipe)``. The UNet, VAE and text encoders are frozen
+    (``requires_grad_(False)``) and put in eval mode once, here; methods never touch them. The VAE runs in fp32.
+    """
+
+    def __init__(self, pipe, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 name: str = ""):
+        self.device = pick_device(str(device) if device is not None else None)
+        self.dtype = pick_dtype(self.device, dtype)
+        self.name = name
+        self.pipe = pipe
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, part, None)
+            if module is not None:
+                module.requires_grad_(False).eval()
+        self.unet = pipe.unet.to(self.device, self.dtype)
+        self.vae = pipe.vae.to(self.device, torch.float32)
+        for part in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, part, None) is not None:
+                getattr(pipe, part).to(self.device, self.dtype)
+        self.is_sdxl = getattr(pipe, "text_encoder_2", None) is not None
+        sched = pipe.scheduler
+        self.prediction_type = sched.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ModelLoadError(f"prediction type {self.prediction_type!r} is not supported (epsilon, v_prediction)")
+        self.num_train_timesteps = int(sched.config.num_train_timesteps)
+        self.alphas_cumprod = sched.alphas_cumprod.to(torch.float32).to(self.device)
+        self.betas = sched.betas.to(torch.float32).to(self.device)
+        self.alphas = sched.alphas.to(torch.float32).to(self.device)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.resolution = int(self.unet.config.sample_size) * self.vae_scale_factor
+        self.latent_multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.tokenizer = pipe.tokenizer
+        self.max_tokens = int(self.tokenizer.model_max_length)
+        self.calls = UNetCounter()
+        self._text_cache: dict[tuple[str, str], Cond] = {}
+
+    # ----------------------------------------------------------------------------------------------- text
+    def check_prompt(self, prompt: str, what: str = "prompt") -> str:
+        """Validate a prompt: error if empty, one-line warning if longer than the text encoder's limit."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise IdseditError(f"the {what} is empty: give a short description such as \"a photo of a cat\"")
+        n = len(self.tokenizer(prompt).input_ids)
+        if n > self.max_tokens:
+            warnings.warn(f"the {what} has {n} tokens, more than this model's limit of {self.max_tokens}: "
+                          f"it is truncated to the first {self.max_tokens - 2} tokens", stacklevel=2)
+        return prompt
+
+    @torch.no_grad()
+    def encode_text(self, prompt: str, negative: str = "") -> Cond:
+        """Embeddings of (negative, prompt), cached per pair."""
+        key = (prompt, negative)
+        if key not in self._text_cache:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = self.pipe.encode_prompt(prompt=prompt, device=self.device, num_images_per_prompt=1,
+                                              do_classifier_free_guidance=True, negative_prompt=negative)
+            if self.is_sdxl:
+                cond, uncond, pooled_c, pooled_u = out
+                pooled = torch.cat([pooled_u, pooled_c]).to(self.dtype)
+            else:
+                cond, uncond = out[0], out[1]
+                pooled = None
+            embeds = torch.cat([uncond, cond]).to(self.dtype)
+            self._text_cache[key] = Cond(prompt, negative, embeds, pooled)
+        return self._text_cache[key]
+
+    def release_text_encoders(self) -> None:
+        """Free the text encoders once every prompt is encoded (saves memory; encode_text then needs the cache)."""
+        for part in ("text_encoder", "text_encoder_2"):
+            if getattr(self.pipe, part, None) is not None:
+                setattr(self.pipe, part, None)
+
+    # ----------------------------------------------------------------------------------------------- VAE
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B,3,H,W) in [0,1] -> latents (B,C,H/f,W/f): (mean of q(z|x) - shift) * scaling_factor."""
+        x = images.to(self.device, torch.float32) * 2 - 1
+        z = self.vae.encode(x).latent_dist.mean
+        return (z - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Latents -> images (B,3,H,W) in [0,1]."""
+        x = self.vae.decode(z.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor).sample
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    # ----------------------------------------------------------------------------------------------- UNet
+    def alpha_bar(self, t: Tensor | int, ndim: int = 4) -> Tensor:
+        """ab_t, shaped (B,1,...,1)."""
+        return D.gather(self.alphas_cumprod, D.timesteps_like(t, 1, self.device), ndim)
+
+    def _added_cond(self, conds: list[Cond], rows: list[int], z: Tensor) -> dict | None:
+        if not self.is_sdxl:
+            return None
+        h, w = z.shape[-2] * self.vae_scale_factor, z.shape[-1] * self.vae_scale_factor
+        pooled = torch.cat([conds[i].pooled[r:r + 1] for r, i in rows])
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).expand(len(rows), 6)
+        return {"text_embeds": pooled.repeat_interleave(z.shape[0] // len(rows), 0),
+                "time_ids": time_ids.repeat_interleave(z.shape[0] // len(rows), 0)}
+
+    def model_output(self, z_t: Tensor, t: Tensor, embeds: Tensor, added: dict | None = None) -> Tensor:
+        """Raw UNet output (eps or v) for a batch, in fp32. Counts the call (and its backward, if any)."""
+        out = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                        return_dict=False)[0].float()
+        self.calls.forward += 1
+        self.calls.samples += z_t.shape[0]
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad: Tensor) -> None:
+        self.calls.backward += 1
+
+    def to_eps(self, out: Tensor, z_t: Tensor, ab: Tensor) -> Tensor:
+        """Model output -> eps (identity for epsilon models, eps = sqrt(1-ab) z_t + sqrt(ab) v for v models)."""
+        return D.eps_from_v(z_t, out, ab) if self.prediction_type == "v_prediction" else out
+
+    def eps(self, z_ts: list[Tensor], t: Tensor | int, conds: list[Cond], guidance: float) -> list[Tensor]:
+        """Guided eps for each (z_t_i, cond_i), all in ONE UNet call.
+
+        Batch order: [uncond z_t_1 .. uncond z_t_n, cond_1 z_t_1 .. cond_n z_t_n] (the official IDS order).
+        ``guidance == 1`` runs only the conditional half. Each z_t_i is (B,C,H,W) with the same B.
+        """
+        n, b = len(z_ts), z_ts[0].shape[0]
+        with_uncond = guidance != 1.0
+        rows = ([(0, i) for i in range(n)] if with_uncond else []) + [(1, i) for i in range(n)]
+        z = torch.cat([z_ts[i] for _, i in rows])                                  # (len(rows)*B, C, H, W)
+        emb = torch.cat([conds[i].embeds[r:r + 1].expand(b, -1, -1) for r, i in rows])
+        tt = D.timesteps_like(t, b, self.device).repeat(len(rows))                # (len(rows)*B,)
+        out = self.model_output(z, tt, emb, self._added_cond(conds, rows, z))
+        out = self.to_eps(out, z, D.gather(self.alphas_cumprod, tt, z.ndim))
+        chunks = out.split(b)
+        if not with_uncond:
+            return list(chunks)
+        return [D.cfg(chunks[i], chunks[n + i], guidance) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _looks_like_path(model: str) -> bool:
+    """A local folder unless it has the hub's ``org/name`` shape and no such path exists."""
+    return os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") != 1
+
+
+def check_model_folder(path: Path, allow_pickle: bool = False) -> None:
+    """Raise ModelLoadError naming what is wrong with a diffusers folder (missing parts, pickle-only weights)."""
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {path} does not exist")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers model folder: model_index.json is missing")
+    import json
+
+    try:
+        parts = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{index} is not valid JSON ({e})") from None
+    for part in ("unet", "vae", "text_encoder"):
+        if part not in parts or parts[part] in (None, [None, None]):
+            raise ModelLoadError(f"{path} has no {part} in model_index.json: idsedit needs unet, vae and text_encoder")
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if part not in parts or parts[part] in (None, [None, None]):
+            continue
+        folder = path / part
+        if not folder.is_dir():
+            raise ModelLoadError(f"model folder {path} is missing its {part}/ folder")
+        files = [f.name for f in folder.iterdir()]
+        if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+            pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+            if not pickles:
+                raise ModelLoadError(f"model folder {path} has no weights in {part}/")
+            if not allow_pickle:
+                raise ModelLoadError(f"{path}/{part} has only pickle weights ({pickles[0]}); pickle files can run code: "
+                                     "convert them to safetensors, or pass --allow-pickle if you trust the source")
+
+
+def load_prior(model: str | os.PathLike | None = None, *, device: str | None = None, dtype: str | None = None,
+               allow_pickle: bool = False) -> Prior:
+    """Load a diffusers text-to-image pipeline as a :class:`Prior`.
+
+    ``model``: a local diffusers folder or a hub id; None means the bundled mini prior. Weights load from
+    safetensors only unless ``allow_pickle``.
+    """
+    if model is None:
+        if not (BUNDLED_MODEL / "model_index.json").is_file():
+            raise ModelLoadError("no model given and the bundled mini prior is not installed: pass --model with a "
+                                 "diffusers folder or hub id")
+        model = BUNDLED_MODEL
+    model = str(model)
+    local = _looks_like_path(model)
+    if local:
+        path = Path(model).expanduser()
+        if path.is_file():
+            raise ModelLoadError(f"{path} is a file: idsedit needs a diffusers model folder (model_index.json, unet/, "
+                                 "vae/, text_encoder/, tokenizer/, scheduler/)")
+        check_model_folder(path, allow_pickle)
+        model = str(path)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlogging
+    from safetensors import SafetensorError
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    _quiet_transformers()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dt, use_safetensors=not allow_pickle,
+                                                     safety_checker=None, requires_safety_checker=False,
+                                                     local_files_only=local)
+            _check_pipeline(pipe, model)
+            prior = Prior(pipe, device=dev, dtype=dt, name=model)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError, EnvironmentError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if local:
+            raise ModelLoadError(f"could not load the model folder {model}: {reason}") from None
+        raise ModelLoadError(f"could not load {model!r}: it is not a local folder and the model hub did not provide "
+                             f"it ({reason}); pass --model with a local diffusers folder") from None
+    finally:
+        dlogging.set_verbosity(verbosity)
+        dlogging.enable_progress_bar()
+    return prior
+
+
+def _check_pipeline(pipe, model: str) -> None:
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if getattr(pipe, part, None) is None:
+            raise ModelLoadError(f"{model} loaded without a {part}: idsedit needs a Stable-Diffusion-family pipeline")
+    if not hasattr(pipe, "encode_prompt"):
+        raise ModelLoadError(f"{model} is a {type(pipe).__name__}, not a Stable-Diffusion-family pipeline")
+
+
+def _quiet_transformers() -> None:
+    """Silence transformers' import-time notices (e.g. about torchvision) that are not about the user's input."""
+    try:
+        from transformers.utils import logging as tlogging
+    except ImportError:
+        return
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
