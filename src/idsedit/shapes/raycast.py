@@ -217,6 +217,15 @@ def _hit_torus(o, d, t_min, need_normal):
     return t_out, np.stack([px - R * px / rho, py - r, pz - R * pz / rho])
 
 
+# bounding sphere of each unit primitive, by shape index: centre (0, cy, 0), radius rb (slightly inflated);
+# index -1 (empty slot) maps to the last entry, a sphere that nothing can hit
+_CONE_CY = (CONE_HEIGHT ** 2 - CONE_RADIUS ** 2) / (2 * CONE_HEIGHT)
+_BOUNDS = {"sphere": (1.0, 1.0), "cube": (CUBE_HALF, CUBE_HALF * math.sqrt(3.0)),
+           "cylinder": (CYL_HEIGHT / 2, math.hypot(CYL_RADIUS, CYL_HEIGHT / 2)),
+           "cone": (_CONE_CY, CONE_HEIGHT - _CONE_CY), "torus": (TORUS_MINOR, TORUS_MAJOR + TORUS_MINOR)}
+_BOUND_CY = np.array([_BOUNDS[s][0] for s in SHAPES] + [-1e9])
+_BOUND_R = np.array([_BOUNDS[s][1] * (1 + 1e-6) + 1e-9 for s in SHAPES] + [0.0])
+
 _HIT = {"sphere": _hit_sphere, "cube": _hit_cube, "cylinder": _hit_cylinder, "cone": _hit_cone,
         "torus": _hit_torus}
 
@@ -277,14 +286,23 @@ def trace_objects(o, d, img, table: SceneTable, t_min=T_MIN, need_normal=True):
     slot = np.full(N, -1, dtype=np.int64)
     n_best = np.zeros((3, N)) if need_normal else None
     for k in range(table.n_slots):
-        code = table.shape[img, k]
+        code = table.shape[:, k][img]
+        # 1. cull with each object's world bounding sphere (centre p + (0, cy s, 0), radius rb s)
+        size = table.size[:, k][img]
+        cy, rb = _BOUND_CY[code] * size, _BOUND_R[code] * size
+        ocx, ocy, ocz = o[0] - table.pos[:, k, 0][img], o[1] - cy, o[2] - table.pos[:, k, 2][img]
+        b = ocx * d[0] + ocy * d[1] + ocz * d[2]
+        c = ocx * ocx + ocy * ocy + ocz * ocz - rb * rb
+        disc = b * b - c
+        near = (code >= 0) & (disc >= 0) & (np.sqrt(np.maximum(disc, 0.0)) - b > t_min)
+        # 2. exact intersection of the surviving rays, one primitive type at a time
         for si, name in enumerate(SHAPES):
-            sel = np.nonzero(code == si)[0]
+            sel = np.nonzero(near & (code == si))[0]
             if sel.size == 0:
                 continue
-            b = img[sel]
-            c, s = table.cos[b, k], table.sin[b, k]
-            ol, dl = _to_local(o[:, sel], d[:, sel], table.pos[b, k], table.size[b, k], c, s)
+            bi = img[sel]
+            c, s = table.cos[bi, k], table.sin[bi, k]
+            ol, dl = _to_local(o[:, sel], d[:, sel], table.pos[bi, k], size[sel], c, s)
             t, n = _HIT[name](ol, dl, t_min, need_normal)
             better = t < t_best[sel]
             upd = sel[better]
