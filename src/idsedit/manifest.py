@@ -59,6 +59,9 @@ def read_manifest(path: str | os.PathLike, methods: Iterable[str] | None = None)
     ``methods``: the valid method names; when given, a row's ``method`` must be one of them.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise IdseditError(f"{path} is not a manifest: use a .csv or .jsonl file")
     if not path.is_file():
         raise IdseditError(f"manifest {path} does not exist" if not path.exists() else
                            f"manifest {path} is not a file")
@@ -68,13 +71,7 @@ def read_manifest(path: str | os.PathLike, methods: Iterable[str] | None = None)
         raise IdseditError(f"manifest {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except OSError as e:
         raise IdseditError(f"manifest {path} could not be read: {e.strerror or e}") from None
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _csv_rows(text, path)
-    elif suffix == ".jsonl":
-        rows = _jsonl_rows(text, path)
-    else:
-        raise IdseditError(f"{path} is not a manifest: use a .csv or .jsonl file")
+    rows = _csv_rows(text, path) if suffix == ".csv" else _jsonl_rows(text, path)
     problems: list[str] = []
     jobs: list[EditJob] = []
     valid = sorted(set(methods)) if methods is not None else None
