@@ -159,16 +159,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                           description="Edit an image, a folder of images or a manifest of edits.")
     add_edit_arguments(edit, with_defaults=selected == "edit" and any(a in ("-h", "--help") for a in argv))
     edit.set_defaults(handler=run_edit, parser=edit)
+    parser.subcommands = {"edit": edit}              # name -> sub-parser (argparse keeps its own private)
     for name, (module, help_text) in PLUGINS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=run_plugin, plugin=name, parser=p, plugin_error=None)
+        parser.subcommands[name] = p
         if name == selected:
             _attach_plugin(p, module)
     return parser
 
 
 def _attach_plugin(p: argparse.ArgumentParser, module: str) -> None:
-    """Import a plugin module and let it add its flags; on failure, remember why (reported when run)."""
+    """Import a plugin module and let it add its flags; on failure, remember why (reported by main)."""
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -177,21 +179,24 @@ def _attach_plugin(p: argparse.ArgumentParser, module: str) -> None:
         else:
             why = f"it needs the package {e.name!r}, which is not installed (pip install {e.name})"
         p.set_defaults(plugin_error=why)
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         return
     if not callable(getattr(mod, "cli_main", None)):
         p.set_defaults(plugin_error=f"{module} has no cli_main(args)")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         return
     if callable(getattr(mod, "add_arguments", None)):
         mod.add_arguments(p)
     p.set_defaults(plugin_module=mod)
 
 
+def _plugin_error(parser: argparse.ArgumentParser, name: str | None) -> str | None:
+    """Why the plugin subcommand ``name`` cannot run (None if it can, or if ``name`` is not a plugin)."""
+    if name not in PLUGINS:
+        return None
+    return parser.subcommands[name].get_default("plugin_error")
+
+
 def run_plugin(args: argparse.Namespace) -> int:
     """Run a plugin subcommand: its module's ``cli_main(args)`` (None counts as success)."""
-    if args.plugin_error:
-        raise IdseditError(f"`idsedit {args.plugin}` is not available: {args.plugin_error}")
     code = args.plugin_module.cli_main(args)
     return 0 if code is None else int(code)
 
@@ -203,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _one_line_warnings():
         try:
             parser = build_parser(argv)
+            selected = _selected_command(argv)
+            why = _plugin_error(parser, selected)
+            if why:                                  # before parsing: its flags are unknown without the module
+                raise IdseditError(f"`idsedit {selected}` is not available: {why}")
             args = parser.parse_args(argv)           # usage errors: SystemExit(2) from argparse
             if args.command is None:
                 parser.print_help(sys.stderr)

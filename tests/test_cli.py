@@ -1,0 +1,493 @@
+"""cli.py with the model and the edit loop replaced by fakes: every flag reaches the config, every error path is
+one line on stderr with exit code 1 (2 for usage errors), batches survive a bad image, nothing partial is written.
+"""
+
+import json
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+import idsedit.edit2d as edit2d
+import idsedit.prior as prior_mod
+from idsedit import cli
+from idsedit.distill import FPR_MODES, METHODS, DistillConfig
+from idsedit.edit2d import EditConfig, EditResult, InvertResult
+
+
+class FakePrior:
+    name = "fake-model"
+    device = "cpu"
+    dtype = torch.float32
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Replace load_prior/edit_image/invert_image; record what they receive."""
+    seen = types.SimpleNamespace(load=[], edits=[], inverts=[])
+
+    def load_prior(model=None, *, device=None, dtype=None, allow_pickle=False):
+        seen.load.append(dict(model=model, device=device, dtype=dtype, allow_pickle=allow_pickle))
+        return FakePrior()
+
+    def edit_image(prior, image, source, target, config, *, mask=None, progress=True):
+        seen.edits.append(dict(image=image, source=source, target=target, config=config, mask=mask,
+                               progress=progress))
+        frames = [(k, image) for k in range(config.frames_every, config.steps + 1, config.frames_every)] \
+            if config.frames_every else []
+        return EditResult(image=image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), source_image=image,
+                          latent=torch.zeros(1, 4, 8, 8), source_latent=torch.zeros(1, 4, 8, 8), config=config,
+                          source=source, target=target, frames=frames, timings={"total_s": 0.5},
+                          unet_calls={"forward": 2 * config.steps, "backward": config.steps, "samples": 8})
+
+    def invert_image(prior, image, source, target, config, *, progress=True):
+        seen.inverts.append(dict(source=source, target=target, config=config))
+        fwd = edit_image(prior, image, source, target, config, progress=progress)
+        bwd = edit_image(prior, fwd.image, target, source, config, progress=progress)
+        return InvertResult(fwd, bwd, psnr=31.5, latent_psnr=40.0)
+
+    monkeypatch.setattr(prior_mod, "load_prior", load_prior)
+    monkeypatch.setattr(edit2d, "edit_image", edit_image)
+    monkeypatch.setattr(edit2d, "invert_image", invert_image)
+    return seen
+
+
+@pytest.fixture
+def img(tmp_path):
+    path = tmp_path / "in" / "cat.png"
+    path.parent.mkdir()
+    Image.new("RGB", (48, 32), (200, 10, 10)).save(path)
+    return path
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def edit(img, out, *flags):
+    return ["edit", img, "--source", "a cat", "--target", "a pig", "--out", out, *flags]
+
+
+def files_in(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------------------------- flags -> config
+FLAG_CASES = [
+    (["--method", "dds"], lambda c: c.method == "dds"),
+    (["--method", "CDS"], lambda c: c.method == "cds"),
+    (["--steps", "7"], lambda c: c.steps == 7),
+    (["--guidance", "3.5"], lambda c: c.distill.guidance == 3.5),
+    (["--lr", "0.05"], lambda c: c.lr == 0.05),
+    (["--seed", "42"], lambda c: c.seed == 42),
+    (["--fpr-iters", "5"], lambda c: c.distill.fpr_iters == 5),
+    (["--fpr-lambda", "0.25"], lambda c: c.distill.fpr_lambda == 0.25),
+    (["--fpr-mode", "jacobian-free"], lambda c: c.distill.fpr_mode == "jacobian-free"),
+    (["--fpr-mode", "adaptive"], lambda c: c.distill.fpr_mode == "adaptive"),
+    (["--with-cut"], lambda c: c.distill.with_cut is True),
+    (["--cut-weight", "1.5"], lambda c: c.distill.cut_weight == 1.5),
+    (["--negative-prompt", "blurry"], lambda c: c.distill.negative_prompt == "blurry"),
+    (["--frames-every", "2"], lambda c: c.frames_every == 2),
+]
+
+
+@pytest.mark.parametrize("flags, check", FLAG_CASES, ids=[" ".join(f) for f, _ in FLAG_CASES])
+def test_every_config_flag_reaches_the_config(fake, img, tmp_path, capsys, flags, check):
+    code, out, err = run(capsys, *edit(img, tmp_path / "out", *flags))
+    assert code == 0, err
+    (call,) = fake.edits
+    cfg = call["config"]
+    assert isinstance(cfg, EditConfig) and isinstance(cfg.distill, DistillConfig)
+    assert check(cfg)
+    changed = {f for f in ("method", "steps", "lr", "seed", "frames_every") if getattr(cfg, f) != getattr(
+        EditConfig(), f)}
+    changed |= {f"distill.{f}" for f in vars(DistillConfig()) if getattr(cfg.distill, f) != getattr(
+        DistillConfig(), f)}
+    assert len(changed) == 1, f"{flags} changed {changed}: a flag must change only its own field"
+
+
+def test_no_flags_gives_the_default_config(fake, img, tmp_path, capsys):
+    code, out, err = run(capsys, *edit(img, tmp_path / "out"))
+    assert code == 0, err
+    assert fake.edits[0]["config"] == EditConfig()
+    assert fake.edits[0]["progress"] is True and fake.edits[0]["mask"] is None
+    assert (fake.edits[0]["source"], fake.edits[0]["target"]) == ("a cat", "a pig")
+    assert fake.load == [dict(model=None, device=None, dtype=None, allow_pickle=False)]
+
+
+def test_model_flags_reach_load_prior(fake, img, tmp_path, capsys):
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", "--model", "some/model", "--device", "cuda:1",
+                                     "--dtype", "bf16", "--allow-pickle"))
+    assert code == 0, err
+    assert fake.load == [dict(model="some/model", device="cuda:1", dtype="bf16", allow_pickle=True)]
+
+
+def test_mask_reaches_edit_image_at_image_size(fake, img, tmp_path, capsys):
+    Image.new("L", (24, 16), 255).save(tmp_path / "mask.png")
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", "--mask", tmp_path / "mask.png"))
+    assert code == 0, err
+    mask = fake.edits[0]["mask"]
+    assert mask.mode == "L" and mask.size == (48, 32)
+
+
+def test_quiet_prints_nothing_and_turns_progress_off(fake, img, tmp_path, capsys):
+    code, out, err = run(capsys, *edit(img, tmp_path / "out", "--quiet"))
+    assert code == 0 and out == "" and err == ""
+    assert fake.edits[0]["progress"] is False
+
+
+def test_every_edit_option_is_covered_by_a_test():
+    """A new flag must be added to FLAG_CASES (or the explicit list below) so it is proven to reach the config."""
+    parser = cli.build_parser(["edit"])
+    edit_parser = parser.subcommands["edit"]
+    options = {s for a in edit_parser._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+    covered = {f[0] for f, _ in FLAG_CASES} | {"--model", "--device", "--dtype", "--allow-pickle", "--mask",
+                                               "--quiet", "--invert", "--out", "--source", "--target"}
+    assert options == covered
+    assert set(cli.EDIT_FLAGS.values()) <= set(vars(EditConfig()))
+    assert set(cli.DISTILL_FLAGS.values()) <= set(vars(DistillConfig()))
+
+
+def test_help_lists_the_registered_methods_and_fpr_modes():
+    assert cli.METHOD_NAMES_HELP.split(", ") == list(METHODS)
+    assert cli.FPR_MODES_HELP.split(", ") == list(FPR_MODES)
+
+
+def test_edit_help_shows_config_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["edit", "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())             # argparse wraps lines
+    assert "(default: 200)" in out and "(default: 7.5)" in out and "(default: ids)" in out
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def test_outputs_named_sized_and_recorded(fake, img, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    before = img.read_bytes()
+    code, out, err = run(capsys, *edit(img, out_dir, "--method", "dds", "--steps", "4", "--frames-every", "2"))
+    assert code == 0, err
+    assert files_in(out_dir) == ["cat.dds.compare.png", "cat.dds.frames", "cat.dds.frames/step_0002.png",
+                                 "cat.dds.frames/step_0004.png", "cat.dds.json", "cat.dds.png"]
+    assert Image.open(out_dir / "cat.dds.png").size == (48, 32)
+    rec = json.loads((out_dir / "cat.dds.json").read_text())
+    assert rec["config"]["method"] == "dds" and rec["config"]["steps"] == 4
+    assert rec["input"] == str(img) and rec["model"] == "fake-model"
+    assert rec["unet_calls"]["forward"] == 8 and rec["unet_calls_total"]["forward"] == 8
+    assert rec["timings_s"] == {"total_s": 0.5}
+    assert out.strip().startswith(f"{img} -> {out_dir / 'cat.dds.png'}") and "8 UNet calls" in out
+    assert img.read_bytes() == before
+
+
+def test_invert_writes_inverse_and_psnr(fake, img, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, *edit(img, out_dir, "--invert", "--steps", "3"))
+    assert code == 0, err
+    assert fake.inverts[0]["config"].steps == 3
+    assert {"cat.ids.png", "cat.ids.inverse.png", "cat.ids.compare.png", "cat.ids.json"} == set(files_in(out_dir))
+    rec = json.loads((out_dir / "cat.ids.json").read_text())
+    assert rec["invert"]["psnr_db"] == 31.5 and rec["invert"]["inverse_image"].endswith("cat.ids.inverse.png")
+    assert rec["unet_calls_total"]["forward"] == 12                   # both directions
+    assert "PSNR 31.50 dB" in out
+    assert Image.open(out_dir / "cat.ids.inverse.png").size == (48, 32)
+
+
+def test_rerun_replaces_previous_frames(fake, img, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert run(capsys, *edit(img, out_dir, "--steps", "4", "--frames-every", "1"))[0] == 0
+    assert run(capsys, *edit(img, out_dir, "--steps", "4", "--frames-every", "2"))[0] == 0
+    assert files_in(out_dir / "cat.ids.frames") == ["step_0002.png", "step_0004.png"]
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]     # no temporary leftovers
+
+
+# ----------------------------------------------------------------------------------------------- batches
+def test_folder_batch_survives_a_bad_image(fake, tmp_path, capsys):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name in ("a.png", "c.jpg"):
+        Image.new("RGB", (32, 32), (0, 200, 0)).save(folder / name)
+    (folder / "b.png").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored")
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, *edit(folder, out_dir))
+    assert code == 1
+    assert [e["image"].size for e in fake.edits] == [(32, 32), (32, 32)]
+    assert {p for p in files_in(out_dir) if p.endswith(".ids.png")} == {"a.ids.png", "c.ids.png"}
+    err_lines = err.strip().splitlines()
+    assert any(line.startswith("error: ") and "b.png" in line for line in err_lines)
+    assert "2 of 3 edits done, 1 failed" in err and "Traceback" not in err
+
+
+def test_same_stem_twice_gets_distinct_outputs(fake, tmp_path, capsys):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "a.png")
+    Image.new("RGB", (32, 32)).save(folder / "a.jpg")
+    code, _, err = run(capsys, *edit(folder, tmp_path / "out"))
+    assert code == 0, err
+    assert {"a.ids.png", "a-2.ids.png"} <= set(files_in(tmp_path / "out"))
+
+
+def test_manifest_prompts_and_methods_per_row(fake, tmp_path, capsys):
+    for name in ("x.png", "y.png"):
+        Image.new("RGB", (32, 32)).save(tmp_path / name)
+    m = tmp_path / "edits.csv"
+    m.write_text("image,source,target,method\nx.png,a red cube,a blue cube,dds\nx.png,a red cube,a red ball,\n"
+                 "y.png,a cat,a dog,sds\n")
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "edit", m, "--out", out_dir, "--steps", "3", "--method", "pds")
+    assert code == 0, err
+    got = [(e["source"], e["target"], e["config"].method, e["config"].steps) for e in fake.edits]
+    assert got == [("a red cube", "a blue cube", "dds", 3), ("a red cube", "a red ball", "pds", 3),
+                   ("a cat", "a dog", "sds", 3)]
+    assert {"x.dds.png", "x.pds.png", "y.sds.png"} <= set(files_in(out_dir))
+    assert json.loads((out_dir / "y.sds.json").read_text())["manifest_line"] == 4
+
+
+def test_manifest_is_validated_before_any_edit(fake, tmp_path, capsys):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    m = tmp_path / "edits.jsonl"
+    m.write_text('{"image": "x.png", "source": "a", "target": "b"}\n{"image": "gone.png", "source": "a", '
+                 '"target": "b"}\n')
+    code, out, err = run(capsys, "edit", m, "--out", tmp_path / "out")
+    assert code == 1 and fake.edits == [] and fake.load == []
+    assert err.count("\n") == 1 and "line 2" in err and "gone.png" in err
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def assert_one_line_error(code, err, *phrases, exit_code=1):
+    assert code == exit_code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+@pytest.mark.parametrize("make_input, phrases", [
+    (lambda d: d / "missing.png", ["missing.png", "does not exist"]),
+    (lambda d: _write(d / "text.png", "hello"), ["text.png", "not an image"]),
+    (lambda d: _write(d / "empty.png", ""), ["empty.png", "empty"]),
+    (lambda d: _save(Image.new("RGB", (4, 4)), d / "tiny.png"), ["tiny.png", "4x4"]),
+    (lambda d: _mkdir(d / "nothing"), ["no images"]),
+])
+def test_bad_inputs(fake, tmp_path, capsys, make_input, phrases):
+    code, out, err = run(capsys, *edit(make_input(tmp_path), tmp_path / "out"))
+    assert_one_line_error(code, err, *phrases)
+    assert not (tmp_path / "out").exists()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _save(im, path):
+    im.save(path)
+    return path
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("flags, phrases", [
+    (["--method", "xds"], ["unknown method 'xds'", "sds", "dds", "cds", "pds", "ids"]),
+    (["--fpr-mode", "fast"], ["unknown FPR mode 'fast'", "exact"]),
+    (["--mask", "nomask.png"], ["mask", "does not exist"]),
+])
+def test_bad_flag_values_are_errors_before_loading(fake, img, tmp_path, capsys, flags, phrases):
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", *flags))
+    assert_one_line_error(code, err, *phrases)
+    assert fake.load == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("prompt_flag", ["--source", "--target"])
+def test_empty_prompt(fake, img, tmp_path, capsys, prompt_flag):
+    argv = edit(img, tmp_path / "out")
+    argv[argv.index(prompt_flag) + 1] = "   "
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "prompt is empty")
+    assert fake.load == []
+
+
+@pytest.mark.parametrize("argv_tail", [
+    ["--steps", "0"], ["--steps", "abc"], ["--guidance", "-1"], ["--lr", "nan"], ["--fpr-iters", "-1"],
+    ["--frames-every", "-2"], ["--bogus"],
+])
+def test_usage_errors_exit_2(fake, img, tmp_path, capsys, argv_tail):
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(a) for a in edit(img, tmp_path / "out", *argv_tail)])
+    assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err and fake.edits == []
+
+
+def test_missing_prompts_and_no_command_are_usage_errors(fake, img, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["edit", str(img), "--source", "a cat"])
+    assert info.value.code == 2 and "--target" in capsys.readouterr().err
+    assert cli.main([]) == 2
+    m = tmp_path / "e.csv"
+    m.write_text(f"image,source,target\n{img},a,b\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["edit", str(m), "--source", "a cat"])
+    assert info.value.code == 2 and "manifest" in capsys.readouterr().err
+
+
+def test_out_must_not_overwrite_inputs(fake, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    Image.new("RGB", (32, 32)).save(out_dir / "a.ids.png")          # an input that is also a planned output
+    before = (out_dir / "a.ids.png").read_bytes()
+    m = tmp_path / "e.csv"
+    m.write_text("image,source,target\na.png,a,b\nout/a.ids.png,a,b\n")
+    code, _, err = run(capsys, "edit", m, "--out", out_dir)
+    assert_one_line_error(code, err, "would overwrite the input")
+    assert (out_dir / "a.ids.png").read_bytes() == before and fake.edits == []
+
+
+def test_out_is_the_input_folder_or_a_file(fake, tmp_path, capsys, img):
+    code, _, err = run(capsys, *edit(img.parent, img.parent))
+    assert_one_line_error(code, err, "is the input folder")
+    code, _, err = run(capsys, *edit(img, img))
+    assert_one_line_error(code, err, "is a file")
+    assert files_in(img.parent) == ["cat.png"]
+
+
+def test_invert_with_mask_is_refused(fake, img, tmp_path, capsys):
+    Image.new("L", (48, 32), 255).save(tmp_path / "m.png")
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", "--invert", "--mask", tmp_path / "m.png"))
+    assert_one_line_error(code, err, "--invert")
+
+
+def test_library_error_during_edit_is_one_line(fake, img, tmp_path, capsys, monkeypatch):
+    from idsedit.errors import IdseditError
+
+    def boom(*a, **k):
+        raise IdseditError("the ids update became\nnon-finite at t=500")
+
+    monkeypatch.setattr(edit2d, "edit_image", boom)
+    code, _, err = run(capsys, *edit(img, tmp_path / "out"))
+    assert_one_line_error(code, err, "non-finite at t=500")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_is_one_line(fake, img, tmp_path, capsys, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(edit2d, "edit_image", oom)
+    code, _, err = run(capsys, *edit(img, tmp_path / "out"))
+    assert_one_line_error(code, err, "out of memory")
+
+
+def test_unwritable_out_fails_before_loading(fake, img, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    code, _, err = run(capsys, *edit(img, tmp_path / "out"))
+    assert_one_line_error(code, err, "not writable")
+    assert fake.load == []
+
+
+# ----------------------------------------------------------------------------------------------- interrupts
+def test_interrupt_during_edit_exits_130_with_no_outputs(fake, img, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edit2d, "edit_image", interrupted)
+    code, out, err = run(capsys, *edit(img, tmp_path / "out"))
+    assert code == 130 and err.strip() == "interrupted"
+    assert files_in(tmp_path / "out") == []
+
+
+def test_interrupt_while_saving_leaves_no_partial_set(fake, img, tmp_path, capsys, monkeypatch):
+    import idsedit.images as images
+
+    def interrupted(obj, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images, "save_json_atomic", interrupted)     # after the PNGs were written
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", "--frames-every", "100"))
+    assert code == 130 and err.strip() == "interrupted"
+    assert files_in(tmp_path / "out") == []
+
+
+# ----------------------------------------------------------------------------------------------- warnings
+def test_warnings_are_one_line_without_source(fake, img, tmp_path, capsys, monkeypatch):
+    real = edit2d.edit_image
+
+    def warn_then_edit(*a, **k):
+        warnings.warn("the target prompt has 90 tokens,\nmore than the limit")
+        return real(*a, **k)
+
+    monkeypatch.setattr(edit2d, "edit_image", warn_then_edit)
+    code, _, err = run(capsys, *edit(img, tmp_path / "out"))
+    assert code == 0
+    assert err.strip().splitlines() == ["warning: the target prompt has 90 tokens, more than the limit"]
+
+
+def test_rgba_input_warns_once_and_still_edits(fake, tmp_path, capsys):
+    path = tmp_path / "t.png"
+    Image.new("RGBA", (32, 32), (255, 0, 0, 0)).save(path)
+    code, _, err = run(capsys, *edit(path, tmp_path / "out"))
+    assert code == 0
+    assert err.strip().startswith("warning: ") and "white" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------- plugins
+def test_missing_plugin_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(cli.PLUGINS, "bench", ("idsedit.no_such_module_xyz", "help"))
+    code, _, err = run(capsys, "bench", "--some-flag", "3")
+    assert_one_line_error(code, err, "idsedit bench", "not available")
+
+
+def test_plugin_with_missing_dependency(capsys, monkeypatch):
+    mod = types.ModuleType("fake_plugin_dep")
+    monkeypatch.setitem(cli.PLUGINS, "demo", ("fake_plugin_dep", "help"))
+
+    def importer(name):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(cli.importlib, "import_module", importer)
+    code, _, err = run(capsys, "demo")
+    assert_one_line_error(code, err, "matplotlib", "pip install")
+    del mod
+
+
+def test_plugin_gets_its_flags_and_namespace(capsys, monkeypatch):
+    mod = types.ModuleType("fake_plugin")
+    got = {}
+
+    def add_arguments(parser):
+        parser.add_argument("--n", type=int, default=1)
+
+    def cli_main(args):
+        got["n"] = args.n
+        print("ran")
+        return 3
+
+    mod.add_arguments, mod.cli_main = add_arguments, cli_main
+    monkeypatch.setitem(sys.modules, "fake_plugin", mod)
+    monkeypatch.setitem(cli.PLUGINS, "eval", ("fake_plugin", "help"))
+    code, out, _ = run(capsys, "eval", "--n", "5")
+    assert code == 3 and got == {"n": 5} and out == "ran\n"
+
+
+def test_plugins_are_registered_and_not_imported_for_other_commands(capsys, monkeypatch):
+    imported = []
+    monkeypatch.setattr(cli, "_attach_plugin", lambda p, module: imported.append(module))
+    parser = cli.build_parser(["edit", "x.png"])
+    assert {"edit", "bench", "demo", "train-mini", "eval"} <= set(parser.subcommands)
+    assert imported == []
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("idsedit ")
