@@ -188,13 +188,14 @@ class Prior:
 
     def model_output(self, z_t: Tensor, t: Tensor, embeds: Tensor, added: dict | None = None) -> Tensor:
         """Raw UNet output (eps or v) for a batch, in fp32. Counts the call (and its backward, if any)."""
-        out = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added,
-                        return_dict=False)[0].float()
+        x = z_t.to(self.dtype)
+        if x.requires_grad:  # count a backward pass when a gradient reaches the UNet's input (from any output)
+            x = x.view_as(x)
+            x.register_hook(self._count_backward)
+        out = self.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
         self.calls.forward += 1
         self.calls.samples += z_t.shape[0]
-        if out.requires_grad:
-            out.register_hook(self._count_backward)
-        return out
+        return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
     def _count_backward(self, grad: Tensor) -> None:
         self.calls.backward += 1
