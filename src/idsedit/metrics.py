@@ -1,0 +1,94 @@
+"""Image metrics as small pure numpy functions: PSNR and SSIM on [0, 1] images, optionally inside a mask.
+
+Images are (H, W) or (H, W, C) float arrays in [0, 1]; a mask is (H, W) bool selecting the pixels that count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import IdseditError
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Gaussian window of Wang et al. (2004)
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _pair(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise IdseditError(f"images must have the same (H, W) or (H, W, C) shape, got {a.shape} and {b.shape}")
+    return (a[..., None], b[..., None]) if a.ndim == 2 else (a, b)
+
+
+def _check_mask(mask, shape):
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != shape:
+        raise IdseditError(f"mask must be (H, W) = {shape}, got {mask.shape}")
+    return mask
+
+
+def psnr(a, b, mask=None, data_range: float = 1.0) -> float:
+    """PSNR = 10 log10(data_range^2 / MSE), MSE over all channels of the (masked) pixels; +inf if equal,
+    nan if the mask selects nothing."""
+    a, b = _pair(a, b)
+    mask = _check_mask(mask, a.shape[:2])
+    err = (a - b) ** 2
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        err = err[mask]
+    mse = float(err.mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """Normalised 1D Gaussian g_i ~ exp(-(i - (size-1)/2)^2 / (2 sigma^2)), sum 1, shape (size,)."""
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-x * x / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def _filter_valid(x, g):
+    """Separable 'valid' correlation of (H, W, C) with g (x) g -> (H - k + 1, W - k + 1, C)."""
+    k = g.size
+    rows = sum(g[i] * x[i:x.shape[0] - k + 1 + i] for i in range(k))
+    return sum(g[j] * rows[:, j:x.shape[1] - k + 1 + j] for j in range(k))
+
+
+def ssim_map(a, b, data_range: float = 1.0) -> np.ndarray:
+    """SSIM of every 11x11 window (Gaussian weights, sigma 1.5, 'valid' positions), averaged over channels:
+
+    SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)),
+    C1 = (0.01 L)^2, C2 = (0.03 L)^2. Returns (H - 10, W - 10); window (i, j) is centred on pixel (i+5, j+5).
+    """
+    a, b = _pair(a, b)
+    if min(a.shape[:2]) < SSIM_WINDOW:
+        raise IdseditError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {a.shape[:2]}")
+    g = gaussian_window()
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
+    s_aa = _filter_valid(a * a, g) - mu_a ** 2
+    s_bb = _filter_valid(b * b, g) - mu_b ** 2
+    s_ab = _filter_valid(a * b, g) - mu_a * mu_b
+    s = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
+    return s.mean(axis=-1)
+
+
+def ssim(a, b, mask=None, data_range: float = 1.0) -> float:
+    """Mean SSIM (see :func:`ssim_map`); with a mask, the mean over windows whose centre pixel is in the mask
+    (nan if none is)."""
+    a2, _ = _pair(a, b)
+    mask = _check_mask(mask, a2.shape[:2])
+    m = ssim_map(a, b, data_range)
+    if mask is None:
+        return float(m.mean())
+    h = SSIM_WINDOW // 2
+    inner = mask[h:mask.shape[0] - h, h:mask.shape[1] - h]
+    return float(m[inner].mean()) if inner.any() else float("nan")
+
+
+__all__ = ["psnr", "ssim", "ssim_map", "gaussian_window"]
