@@ -120,7 +120,8 @@ def test_no_flags_gives_the_default_config(fake, img, tmp_path, capsys):
     assert fake.load == [dict(model=None, device=None, dtype=None, allow_pickle=False)]
 
 
-def test_model_flags_reach_load_prior(fake, img, tmp_path, capsys):
+def test_model_flags_reach_load_prior(fake, img, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "check_device", lambda name: None)     # this machine may have no cuda:1
     code, _, err = run(capsys, *edit(img, tmp_path / "out", "--model", "some/model", "--device", "cuda:1",
                                      "--dtype", "bf16", "--allow-pickle"))
     assert code == 0, err
@@ -386,6 +387,27 @@ def test_out_of_memory_is_one_line(fake, img, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(edit2d, "edit_image", oom)
     code, _, err = run(capsys, *edit(img, tmp_path / "out"))
     assert_one_line_error(code, err, "out of memory")
+
+
+@pytest.mark.parametrize("device, phrase", [
+    ("foo", "unknown --device 'foo'"), ("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "MPS"),
+])
+def test_bad_or_absent_device(fake, img, tmp_path, capsys, monkeypatch, device, phrase):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", "--device", device))
+    assert_one_line_error(code, err, phrase)
+    assert fake.load == []
+
+
+def test_missing_cuda_index(monkeypatch):
+    from idsedit.errors import IdseditError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cli.check_device("cuda:1")
+    with pytest.raises(IdseditError, match=r"only 2 CUDA device\(s\)"):
+        cli.check_device("cuda:2")
 
 
 def test_unwritable_out_fails_before_loading(fake, img, tmp_path, capsys, monkeypatch):

@@ -412,10 +412,34 @@ def _resource_message(e: BaseException) -> str:
     return f"unexpected {type(e).__name__}: {_one_line(e)[:200]} (a bug: please report it)"
 
 
+def check_device(name: str | None) -> None:
+    """Raise IdseditError for a --device that torch cannot parse or that this machine does not have."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise IdseditError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise IdseditError(f"--device {name}: no CUDA GPU is usable by this PyTorch build: use --device cpu "
+                               "(or install a CUDA build of PyTorch)")
+        if dev.index is not None and dev.index >= count:
+            raise IdseditError(f"--device {name}: only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise IdseditError(f"--device {name}: Apple MPS is not available here: use --device cpu")
+
+
 def _load_prior(args: argparse.Namespace):
     """The model named by --model (or the bundled mini prior), with third-party log chatter silenced."""
     from . import prior as prior_mod
 
+    check_device(args.device)
     with _quiet_libraries():
         return prior_mod.load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
 
