@@ -24,7 +24,7 @@ T500 = torch.tensor([500])
 
 
 def rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm())
+    return float((a.detach().float() - b.float()).norm() / b.float().norm())
 
 
 @pytest.fixture(scope="module")
