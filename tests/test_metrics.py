@@ -48,10 +48,16 @@ def test_ssim_matches_a_brute_force_window():
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     ref = (2 * ma * mb + c1) * (2 * cov + c2) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
     assert ssim_map(a, b)[i, j] == pytest.approx(ref, rel=1e-9)
-    # masked mean: only windows centred in the mask count
+    # masked: a outside the mask is replaced by b, and only windows centred in the mask count
     mask = np.zeros((15, 13), bool)
-    mask[i + 5, j + 5] = True
-    assert ssim(a, b, mask=mask) == pytest.approx(ref, rel=1e-9)
+    mask[2:, :9] = True
+    inner = mask[5:-5, 5:-5]
+    expected = ssim_map(np.where(mask, a, b), b)[inner].mean()
+    assert ssim(a, b, mask=mask) == pytest.approx(expected, rel=1e-12)
+    c = a.copy()
+    c[~mask] = 0.5  # changes outside the mask do not count
+    assert ssim(c, b, mask=mask) == pytest.approx(ssim(a, b, mask=mask), rel=1e-12)
+    assert ssim(np.where(mask, b, a), b, mask=mask) == 1.0  # identical inside the mask
 
 
 def test_metric_input_errors():

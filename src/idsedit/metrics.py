@@ -79,13 +79,14 @@ def ssim_map(a, b, data_range: float = 1.0) -> np.ndarray:
 
 
 def ssim(a, b, mask=None, data_range: float = 1.0) -> float:
-    """Mean SSIM (see :func:`ssim_map`); with a mask, the mean over windows whose centre pixel is in the mask
-    (nan if none is)."""
-    a2, _ = _pair(a, b)
+    """Mean SSIM (see :func:`ssim_map`). With a mask, SSIM of the masked region only: ``a``'s pixels outside
+    the mask are first replaced by ``b``'s (so they cannot differ), then the map is averaged over the windows
+    whose centre pixel is in the mask (nan if none is). Identical images inside the mask give exactly 1."""
+    a2, b2 = _pair(a, b)
     mask = _check_mask(mask, a2.shape[:2])
-    m = ssim_map(a, b, data_range)
     if mask is None:
-        return float(m.mean())
+        return float(ssim_map(a2, b2, data_range).mean())
+    m = ssim_map(np.where(mask[..., None], a2, b2), b2, data_range)
     h = SSIM_WINDOW // 2
     inner = mask[h:mask.shape[0] - h, h:mask.shape[1] - h]
     return float(m[inner].mean()) if inner.any() else float("nan")

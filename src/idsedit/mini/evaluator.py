@@ -177,6 +177,7 @@ def save_evaluator(net: EvaluatorNet, cfg: EvaluatorConfig, path, extra: dict | 
              for k, v in net.state_dict().items()}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
+    tmp.chmod(0o644)
     tmp.replace(path)
     meta = {"config": cfg.to_json(), "classes": {"color": cfg.colors, "shape": cfg.shapes}, **(extra or {})}
     jtmp = path.with_suffix(".json.tmp")
@@ -254,7 +255,9 @@ def score_edit(source_img, edited_img, *, source_params: SceneParams, target_par
                    prediction on the edited image equals the target's (colour/shape/floor/background class;
                    position: centroid within POSITION_TOL_PX (scaled to H) of the target render's mask
                    centroid; size: |size - target size| < SIZE_TOL). Rotation changes are not judged.
-    kept[attr]     for every other attribute: the prediction equals the SOURCE's true value (same tests).
+    kept[attr]     for every other attribute: the prediction equals its (unchanged) true value, with the same
+                   tests; the reference centroid is the target render's (position unchanged, but a shape or
+                   size edit moves the mask centroid).
     target_reached / identity_kept: all of reached / all of kept; kept_fraction: mean of kept.
     psnr_target, ssim_target:   edited vs the ground truth ``render(target_params)`` at the same size.
     psnr_outside, ssim_outside: edited vs source outside the main object, i.e. outside the union of
@@ -269,9 +272,9 @@ def score_edit(source_img, edited_img, *, source_params: SceneParams, target_par
     H = src.shape[0]
     if src.shape[1] != H:
         raise IdseditError(f"shapes-world images are square, got {src.shape[:2]}")
-    tgt_render, src_render = render(target_params, H), render(source_params, H)
+    tgt_render = render(target_params, H)
     if source_mask is None:
-        source_mask = src_render.coverage > 0
+        source_mask = render(source_params, H).coverage > 0
     source_mask = np.asarray(source_mask, dtype=bool)
     if source_mask.shape != (H, H):
         raise IdseditError(f"source_mask must be {(H, H)}, got {source_mask.shape}")
@@ -291,11 +294,12 @@ def score_edit(source_img, edited_img, *, source_params: SceneParams, target_par
             return abs(size - value) < SIZE_TOL
         return names[attr] == value
 
+    # every attribute is judged against the ground-truth target: for an unchanged attribute its value is the
+    # source's, and its reference centroid is the target render's (a new shape moves the mask centroid)
     t_true = truth(target_params, tgt_render.mask)
-    s_true = truth(source_params, src_render.mask)
     changed = [a for a in changed_attributes(source_params, target_params) if a != "rotation"]
     reached = {a: agrees(a, t_true[a]) for a in changed}
-    kept = {a: agrees(a, s_true[a]) for a in ("color", "shape", "size", "position", "floor", "background")
+    kept = {a: agrees(a, t_true[a]) for a in ("color", "shape", "size", "position", "floor", "background")
             if a not in changed}
     outside = ~_dilate(source_mask | (tgt_render.coverage > 0))
     return {

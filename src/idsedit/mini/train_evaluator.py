@@ -137,11 +137,12 @@ def train(cfg: TrainEvaluatorConfig, log=print) -> tuple[Evaluator, dict]:
         idx = torch.randint(0, cfg.n_train, (cfg.batch,), generator=gen).numpy()
         x, y = _batch(train_data, idx, gen, cfg)
         loss, parts = loss_fn(net(x), y)
+        loss_value = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d} loss {float(loss):.3f} " + " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+            log(f"step {step:5d} loss {loss_value:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in parts.items())
                 + f" ({time.time() - t0:.0f} s)")
     ev = Evaluator(net.eval(), ecfg)
     metrics = evaluate(ev, val_data)
