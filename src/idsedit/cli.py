@@ -223,8 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _err("interrupted")
             return 130
-        except BrokenPipeError:                      # e.g. `idsedit ... | head`
+        except BrokenPipeError:                      # e.g. `idsedit ... | head`: stop quietly
+            _silence_stdout()
             return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):    # no real file descriptor (e.g. captured in tests)
+        pass
 
 
 def _err(text: str) -> None:
