@@ -1,0 +1,560 @@
+"""Resumable training of the bundled mini prior (VAE first, then UNet + text encoder jointly).
+
+Usage::
+
+    python -m idsedit.mini.train --stage vae  --minutes 20 --state train-state/
+    python -m idsedit.mini.train --stage unet --minutes 90 --state train-state/
+    python -m idsedit.mini.train --stage export --state train-state/ --out src/idsedit/assets/mini-sd
+
+Each call resumes from ``--state`` and stops after ``--minutes`` (or ``--max-steps``), saving a
+checkpoint every ``--checkpoint-minutes`` and at the end. Batches are drawn from generators seeded by
+``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted run would.
+
+State folder layout::
+
+    config.json                model + training config (fixed at the first call)
+    tokenizer/                 CLIPTokenizer folder
+    vae.safetensors            VAE weights (fp32)        vae_opt.safetensors   AdamW moments (bf16)
+    unet.safetensors, text_encoder.safetensors          current weights (fp32)
+    unet_ema.safetensors, text_encoder_ema.safetensors  EMA weights (fp32, exported)
+    unet_opt.safetensors       AdamW moments (bf16)
+    vae.json, unet.json        step, minutes, losses, hardware, per-call history
+    cache/                     rendered scenes, token ids, latents (derived, not committed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import IdseditError
+from .models import MiniModelConfig
+
+STAGES = ("vae", "unet", "export", "all")
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe of the mini prior (defaults are the shipped recipe)."""
+
+    state: Path = Path("train-state")  # state folder: checkpoints, caches, logs; resumed automatically
+    minutes: float = 20.0  # wall-clock budget of this call (minutes)
+    max_steps: int = 0  # stop at this total step count as well (0 = only the time budget)
+    seed: int = 0  # seed of scenes, batches, noise and init
+    scenes: int = 20000  # rendered training scenes (cached under state/cache)
+    val_scenes: int = 256  # held-out scenes (different seed) for PSNR
+    captions_per_scene: int = 8  # random caption templates stored per scene (plus the canonical one)
+    vae_batch: int = 16  # VAE batch size
+    vae_lr: float = 1e-3  # VAE AdamW learning rate
+    vae_kl_weight: float = 1e-6  # weight of the KL term (summed over latent elements, batch mean)
+    unet_batch: int = 32  # UNet batch size
+    unet_lr: float = 5e-4  # UNet + text encoder AdamW learning rate
+    warmup_steps: int = 200  # linear learning-rate warm-up steps (both stages)
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 1.0  # gradient norm clip
+    ema_decay: float = 0.999  # EMA decay of UNet + text encoder weights (warmed up as (1+s)/(10+s))
+    cond_dropout: float = 0.1  # probability of the empty caption "" (classifier-free guidance)
+    snr_gamma: float = 5.0  # min-SNR-gamma weighting of the epsilon loss (0 = plain MSE)
+    checkpoint_minutes: float = 5.0  # save state at least this often (minutes)
+    threads: int = 1  # torch CPU threads (1: on a shared 2-core machine, 2 threads ran 5-10x slower)
+    model: MiniModelConfig = field(default_factory=MiniModelConfig)  # network sizes
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("state", "model")}
+        return {**d, "model": self.model.to_dict()}
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Validate user-facing values with messages naming the fix."""
+    if cfg.minutes <= 0 and cfg.max_steps <= 0:
+        raise IdseditError(f"--minutes must be > 0 (got {cfg.minutes}) unless --max-steps is given")
+    for name in ("vae_batch", "unet_batch", "scenes", "val_scenes", "captions_per_scene"):
+        if getattr(cfg, name) <= 0:
+            raise IdseditError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.cond_dropout < 1.0:
+        raise IdseditError(f"cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+
+
+# ----------------------------------------------------------------------------- small pure helpers
+
+
+def lr_at(step: int, base_lr: float, warmup: int) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then constant."""
+    return base_lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with warm-up: min(decay, (1 + step) / (10 + step))."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def min_snr_weights(alphas_cumprod, t, gamma: float):
+    """Min-SNR-gamma weights for epsilon prediction: min(SNR_t, gamma) / SNR_t, SNR_t = ab_t / (1 - ab_t)."""
+    ab = alphas_cumprod[t]
+    snr = ab / (1.0 - ab)
+    if gamma <= 0:
+        return snr.new_ones(snr.shape)
+    return snr.clamp(max=gamma) / snr
+
+
+def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    """Numpy generator for one training step (resume-exact)."""
+    return np.random.default_rng([seed, step, stream])
+
+
+def torch_gen(seed: int, step: int, stream: int):
+    """torch CPU generator for one training step (resume-exact)."""
+    import torch
+
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0]))
+
+
+def hardware() -> dict:
+    """A short description of the machine that trained."""
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
+            "device": "cpu"}
+
+
+# ----------------------------------------------------------------------------- state IO
+
+
+def read_json(path: Path, default=None):
+    """JSON file content, or ``default`` when missing."""
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def save_tensors(path: Path, tensors: dict) -> None:
+    """safetensors file written atomically (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict:
+    """safetensors file -> dict of CPU tensors."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def optimizer_tensors(opt, params: list) -> dict:
+    """AdamW moments as bf16 tensors keyed by parameter index (``{i}.m``, ``{i}.v``)."""
+    import torch
+
+    out = {}
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            out[f"{i}.m"] = st["exp_avg"].to(torch.bfloat16)
+            out[f"{i}.v"] = st["exp_avg_sq"].to(torch.bfloat16)
+    return out
+
+
+def restore_optimizer(opt, params: list, tensors: dict, step: int) -> None:
+    """Inverse of :func:`optimizer_tensors` (moments back to fp32, Adam step count = ``step``)."""
+    import torch
+
+    for i, p in enumerate(params):
+        if f"{i}.m" in tensors:
+            opt.state[p] = {"step": torch.tensor(float(step)),
+                            "exp_avg": tensors[f"{i}.m"].float().reshape(p.shape),
+                            "exp_avg_sq": tensors[f"{i}.v"].float().reshape(p.shape)}
+
+
+def init_state(cfg: TrainConfig, world) -> TrainConfig:
+    """Create the state folder (config, tokenizer) on the first call; later calls keep its recipe.
+
+    Returns the config to use: the stored model sizes and recipe, with this call's
+    minutes/max_steps/checkpoint/threads.
+    """
+    from .tokenizer import write_tokenizer
+
+    cfg.state.mkdir(parents=True, exist_ok=True)
+    stored = read_json(cfg.state / "config.json")
+    if stored is None:
+        write_tokenizer(cfg.state / "tokenizer", list(world.VOCABULARY), max_length=cfg.model.max_length)
+        write_json(cfg.state / "config.json", cfg.to_dict())
+        return cfg
+    model = MiniModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.pop("model").items()})
+    keep = {"minutes", "max_steps", "checkpoint_minutes", "threads"}
+    merged = {**{k: v for k, v in stored.items() if k not in keep}, **{k: getattr(cfg, k) for k in keep}}
+    return TrainConfig(state=cfg.state, model=model, **merged)
+
+
+# ----------------------------------------------------------------------------- data caches
+
+
+def scene_cache(cfg: TrainConfig, world, split: str, log: Callable[[str], None]):
+    """Rendered scenes of ``split`` ('train' or 'val'), rendered once and cached as npz."""
+    from tqdm.auto import tqdm
+
+    from .data import load_scene_cache, render_scenes, save_scene_cache
+
+    n, seed = (cfg.scenes, cfg.seed) if split == "train" else (cfg.val_scenes, cfg.seed + 10_000)
+    path = cfg.state / "cache" / f"scenes_{split}_{seed}_{n}.npz"
+    if path.exists():
+        return load_scene_cache(path)
+    t0 = time.time()
+    with tqdm(total=n, desc=f"render {split}", unit="scene", file=sys.stderr) as bar:
+        cache = render_scenes(world, n, seed, cfg.model.image_size, cfg.captions_per_scene, progress=bar.update)
+    save_scene_cache(path, cache)
+    log(f"rendered {n} {split} scenes in {time.time() - t0:.1f}s -> {path}")
+    return cache
+
+
+# ----------------------------------------------------------------------------- VAE stage
+
+
+def vae_psnr(vae, images: np.ndarray, batch: int = 64) -> float:
+    """Mean PSNR (dB) of VAE reconstructions (posterior mean) of uint8 images (N, H, W, 3)."""
+    import torch
+
+    from .data import images_to_tensor, psnr, tensor_to_images
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images), batch):
+            x = images_to_tensor(images[s:s + batch])
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+            out.append(psnr(images[s:s + batch], tensor_to_images(rec)))
+    return float(np.concatenate(out).mean())
+
+
+def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> dict:
+    """Train the AutoencoderKL: loss = L1 + MSE (pixels in [-1, 1]) + kl_weight * KL; resumes from state."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import images_to_tensor
+    from .models import build_vae
+
+    torch.manual_seed(cfg.seed)
+    train, val = scene_cache(cfg, world, "train", log), scene_cache(cfg, world, "val", log)
+    vae = build_vae(cfg.model)
+    params = list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
+    meta = read_json(cfg.state / "vae.json", {"step": 0, "minutes": 0.0, "history": []})
+    if (cfg.state / "vae.safetensors").exists():
+        vae.load_state_dict(load_tensors(cfg.state / "vae.safetensors"))
+        restore_optimizer(opt, params, load_tensors(cfg.state / "vae_opt.safetensors"), meta["step"])
+        log(f"resumed VAE at step {meta['step']} ({meta['minutes']:.1f} min)")
+    start_step, t0 = meta["step"], time.time()
+    last_save, loss_avg = t0, None
+
+    def save():
+        meta["minutes"] += (time.time() - save.t) / 60.0
+        save.t = time.time()
+        vae.eval()
+        meta["val_psnr"] = vae_psnr(vae, val.images)
+        vae.train()
+        meta["hardware"] = hardware()
+        save_tensors(cfg.state / "vae.safetensors", vae.state_dict())
+        save_tensors(cfg.state / "vae_opt.safetensors", optimizer_tensors(opt, params))
+        write_json(cfg.state / "vae.json", meta)
+        log(f"vae step {meta['step']} loss {loss_avg:.4f} val PSNR {meta['val_psnr']:.2f} dB "
+            f"({meta['minutes']:.1f} min) saved")
+
+    save.t = t0
+    vae.train()
+    bar = tqdm(desc="vae", unit="step", initial=start_step, file=sys.stderr, mininterval=10)
+    while _keep_going(cfg, meta["step"], t0):
+        step = meta["step"]
+        idx = step_rng(cfg.seed, step, 0).integers(len(train), size=cfg.vae_batch)
+        x = images_to_tensor(train.images[idx])  # (B, 3, 64, 64)
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=torch_gen(cfg.seed, step, 1))  # (B, 4, 16, 16)
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + cfg.vae_kl_weight * post.kl().mean()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.vae_lr, cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        meta["step"] = step + 1
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_avg:.4f}")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60:
+            meta["history"].append({"step": meta["step"], "loss": loss_avg})
+            save()
+            last_save = time.time()
+    bar.close()
+    if loss_avg is not None:
+        meta["history"].append({"step": meta["step"], "loss": loss_avg})
+        save()
+    return meta
+
+
+def _keep_going(cfg: TrainConfig, step: int, t0: float) -> bool:
+    """True while both the time budget and the step budget allow another step."""
+    if cfg.max_steps > 0 and step >= cfg.max_steps:
+        return False
+    return cfg.minutes <= 0 or (time.time() - t0) < cfg.minutes * 60
+
+
+# ----------------------------------------------------------------------------- UNet stage
+
+
+def load_vae(cfg: TrainConfig):
+    """The trained VAE from the state folder, with its scaling factor (1 / latent std) if measured."""
+    from .models import build_vae
+
+    path = cfg.state / "vae.safetensors"
+    if not path.exists():
+        raise IdseditError(f"no trained VAE in {cfg.state}: run `python -m idsedit.mini.train --stage vae` first")
+    sf = read_json(cfg.state / "vae.json", {}).get("scaling_factor", 1.0)
+    vae = build_vae(cfg.model, scaling_factor=sf)
+    vae.load_state_dict(load_tensors(path))
+    return vae.eval().requires_grad_(False)
+
+
+def latent_cache(cfg: TrainConfig, world, log: Callable[[str], None]):
+    """VAE posterior mean/std of every training scene (fp16), and token ids of every caption.
+
+    Also measures the latent std and stores ``scaling_factor = 1 / std`` in vae.json (once).
+    Returns ``(mean (N,4,16,16), std (N,4,16,16), ids (N, 1+K, L) int16)``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import images_to_tensor, save_npz, tokenize
+    from .tokenizer import load_tokenizer
+
+    vae_meta = read_json(cfg.state / "vae.json", {})
+    path = cfg.state / "cache" / f"latents_{cfg.seed}_{cfg.scenes}_vae{vae_meta.get('step', 0)}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            mean, std, ids = f["mean"], f["std"], f["ids"]
+    else:
+        train = scene_cache(cfg, world, "train", log)
+        vae = load_vae(cfg)
+        mean = np.empty((len(train), cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size),
+                        np.float16)
+        std = np.empty_like(mean)
+        t0 = time.time()
+        with torch.no_grad():
+            for s in tqdm(range(0, len(train), 256), desc="encode latents", file=sys.stderr):
+                post = vae.encode(images_to_tensor(train.images[s:s + 256])).latent_dist
+                mean[s:s + 256], std[s:s + 256] = post.mean.numpy(), post.std.numpy()
+        tok = load_tokenizer(cfg.state / "tokenizer")
+        n, k = train.captions.shape
+        ids = tokenize(tok, list(train.captions.reshape(-1))).reshape(n, k, -1).astype(np.int16)
+        save_npz(path, mean=mean, std=std, ids=ids)
+        log(f"encoded {n} latents + {n * k} captions in {time.time() - t0:.1f}s -> {path}")
+    if "scaling_factor" not in vae_meta:
+        rng = np.random.default_rng(cfg.seed)
+        sub = rng.choice(len(mean), size=min(4096, len(mean)), replace=False)
+        z = mean[sub].astype(np.float32) + std[sub].astype(np.float32) * rng.standard_normal(mean[sub].shape)
+        vae_meta["latent_std"] = float(z.std())
+        vae_meta["scaling_factor"] = float(1.0 / z.std())
+        write_json(cfg.state / "vae.json", vae_meta)
+        log(f"latent std {z.std():.4f} -> scaling_factor {1.0 / z.std():.4f}")
+    return mean, std, ids
+
+
+def build_text_and_unet(cfg: TrainConfig):
+    """Fresh text encoder + UNet sized from the config and the stored tokenizer."""
+    import torch
+
+    from .models import build_text_encoder, build_unet
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cfg.state / "tokenizer")
+    torch.manual_seed(cfg.seed)
+    te = build_text_encoder(cfg.model, len(tok), tok.bos_token_id, tok.eos_token_id)
+    unet = build_unet(cfg.model)
+    return tok, te, unet
+
+
+def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> dict:
+    """Train UNet + text encoder jointly on epsilon (min-SNR weighted MSE), EMA, CFG dropout; resumes."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .models import build_train_scheduler
+    from .data import tokenize
+
+    mean, std, ids = latent_cache(cfg, world, log)
+    sf = read_json(cfg.state / "vae.json")["scaling_factor"]
+    tok, te, unet = build_text_and_unet(cfg)
+    empty_ids = torch.from_numpy(tokenize(tok, [""])[0]).long()  # (L,)
+    params = list(te.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    meta = read_json(cfg.state / "unet.json", {"step": 0, "minutes": 0.0, "history": []})
+    if (cfg.state / "unet.safetensors").exists():
+        te.load_state_dict(load_tensors(cfg.state / "text_encoder.safetensors"))
+        unet.load_state_dict(load_tensors(cfg.state / "unet.safetensors"))
+        restore_optimizer(opt, params, load_tensors(cfg.state / "unet_opt.safetensors"), meta["step"])
+        ema = [load_tensors(cfg.state / "text_encoder_ema.safetensors"), load_tensors(cfg.state / "unet_ema.safetensors")]
+        log(f"resumed UNet at step {meta['step']} ({meta['minutes']:.1f} min)")
+    else:
+        ema = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (te, unet)]
+    ema_pairs = [(ema[j][k], v) for j, m in enumerate((te, unet)) for k, v in m.state_dict().items()
+                 if v.dtype.is_floating_point]
+    ema_t, live_t = [a for a, _ in ema_pairs], [b for _, b in ema_pairs]
+    sched = build_train_scheduler()
+    alphas = sched.alphas_cumprod.float()
+    mean_t, std_t, ids_t = torch.from_numpy(mean), torch.from_numpy(std), torch.from_numpy(ids)
+    t0 = time.time()
+    last_save, loss_avg = t0, None
+
+    def save():
+        meta["minutes"] += (time.time() - save.t) / 60.0
+        save.t = time.time()
+        meta["hardware"] = hardware()
+        meta["scaling_factor"] = sf
+        save_tensors(cfg.state / "text_encoder.safetensors", te.state_dict())
+        save_tensors(cfg.state / "unet.safetensors", unet.state_dict())
+        save_tensors(cfg.state / "text_encoder_ema.safetensors", ema[0])
+        save_tensors(cfg.state / "unet_ema.safetensors", ema[1])
+        save_tensors(cfg.state / "unet_opt.safetensors", optimizer_tensors(opt, params))
+        write_json(cfg.state / "unet.json", meta)
+        log(f"unet step {meta['step']} loss {loss_avg:.4f} ({meta['minutes']:.1f} min) saved")
+
+    save.t = t0
+    te.train(), unet.train()
+    bar = tqdm(desc="unet", unit="step", initial=meta["step"], file=sys.stderr, mininterval=10)
+    B = cfg.unet_batch
+    while _keep_going(cfg, meta["step"], t0):
+        step = meta["step"]
+        rng, gen = step_rng(cfg.seed, step, 0), torch_gen(cfg.seed, step, 1)
+        idx = torch.from_numpy(rng.integers(len(mean), size=B))
+        col = torch.from_numpy(rng.integers(ids.shape[1], size=B))  # canonical or a random template
+        drop = torch.from_numpy(rng.random(B) < cfg.cond_dropout)
+        tokens = ids_t[idx, col].long()  # (B, L)
+        tokens[drop] = empty_ids
+        eps_post = torch.randn(mean_t[idx].shape, generator=gen)
+        z0 = (mean_t[idx].float() + std_t[idx].float() * eps_post) * sf  # (B, 4, 16, 16)
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=gen)
+        z_t = sched.add_noise(z0, noise, t)
+        h = te(tokens).last_hidden_state  # (B, L, hidden)
+        eps = unet(z_t, t, h).sample
+        w = min_snr_weights(alphas, t, cfg.snr_gamma)  # (B,)
+        loss = (w * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        lr = lr_at(step, cfg.unet_lr, cfg.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():  # ema <- d * ema + (1 - d) * live
+            d = ema_decay_at(step, cfg.ema_decay)
+            torch._foreach_mul_(ema_t, d)
+            torch._foreach_add_(ema_t, live_t, alpha=1.0 - d)
+        meta["step"] = step + 1
+        loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_avg:.4f}")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60:
+            meta["history"].append({"step": meta["step"], "loss": loss_avg})
+            save()
+            last_save = time.time()
+    bar.close()
+    if loss_avg is not None:
+        meta["history"].append({"step": meta["step"], "loss": loss_avg})
+        save()
+    return meta
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None,
+               log: Callable[[str], None] | None = None) -> dict:
+    """Run one stage ('vae', 'unet', 'export' or 'all' = vae then unet then export) on ``cfg.state``.
+
+    For 'all', ``cfg.minutes`` is split: VAE gets 15%, the UNet the rest.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import load_world
+
+    if stage not in STAGES:
+        raise IdseditError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    check_config(cfg)
+    log = log or (lambda msg: tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr))
+    torch.set_num_threads(cfg.threads)
+    world = world or load_world()
+    cfg = init_state(cfg, world)
+    result = {}
+    if stage == "vae":
+        result["vae"] = train_vae(cfg, world, log)
+    elif stage == "unet":
+        result["unet"] = train_unet(cfg, world, log)
+    elif stage == "all":
+        total = cfg.minutes
+        cfg.minutes = 0.15 * total
+        result["vae"] = train_vae(cfg, world, log)
+        cfg.minutes = 0.85 * total
+        result["unet"] = train_unet(cfg, world, log)
+    if stage in ("export", "all"):
+        from .export import export_pipeline
+
+        result["export"] = str(export_pipeline(cfg.state, out or _default_out()))
+        log(f"exported pipeline -> {result['export']}")
+    return result
+
+
+def _default_out() -> Path:
+    from . import BUNDLED_DIR
+
+    return BUNDLED_DIR
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig, Path | None]:
+    """CLI flags -> (stage, TrainConfig, export folder)."""
+    p = argparse.ArgumentParser(prog="python -m idsedit.mini.train", description=__doc__.split("\n")[0])
+    p.add_argument("--stage", choices=STAGES, required=True, help="what to train (or export)")
+    p.add_argument("--state", type=Path, default=TrainConfig.state, help="state folder (resumed automatically)")
+    p.add_argument("--out", type=Path, default=None, help="export folder (default: the bundled assets/mini-sd)")
+    d = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in ("state", "model"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=type(getattr(d, f.name)), default=getattr(d, f.name), help=f"(default {getattr(d, f.name)})")
+    a = p.parse_args(argv)
+    kw = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name not in ("model",)}
+    return a.stage, TrainConfig(**kw), a.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; user errors print one line and exit 2."""
+    try:
+        stage, cfg, out = parse_args(argv)
+        train_mini(stage, cfg, out)
+    except IdseditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
