@@ -106,3 +106,29 @@ def test_score_edit_on_perfect_and_null_edits(ev):
         null = score_edit(src.rgb, src.rgb, source_params=p, target_params=q, evaluator=ev)
         assert null["reached"] == {"color": False} and not null["target_reached"]
         assert null["psnr_target"] < perfect["psnr_target"]
+
+
+def test_training_batches_keep_labels_consistent_under_augmentation():
+    from idsedit.mini.train_evaluator import TrainEvaluatorConfig, _batch, loss_fn, render_dataset
+
+    data = render_dataset(12, seed=5, p_edit=0.5)
+    for i in range(len(data["image"])):
+        np.testing.assert_allclose(data["centroid"][i], true_centroid(data["mask"][i]), atol=1e-4)
+    cfg = TrainEvaluatorConfig(noise_max=0.0, blur_prob=0.0)
+    gen = torch.Generator().manual_seed(0)
+    idx = np.arange(len(data["image"]))
+    x, y = _batch(data, idx, gen, cfg)
+    # after a random horizontal flip, the 32x32 mask target and the centroid still describe the same object
+    # (2x2 pooling moves the centroid of partly covered cells by a few hundredths of a pixel at most)
+    cen_from_mask = soft_centroid(y["mask32"], 64)
+    np.testing.assert_allclose(cen_from_mask.numpy(), y["centroid"].numpy(), atol=0.05)
+    flipped = ~np.isclose(y["centroid"][:, 0].numpy(), data["centroid"][:, 0])
+    assert 0 < flipped.sum() < len(idx)
+    ref = torch.from_numpy(data["image"]).permute(0, 3, 1, 2).float() / 255
+    np.testing.assert_array_equal(x[flipped].numpy(), ref[flipped].flip(-1).numpy())
+    # the loss is finite and its centroid term is zero for a perfect mask prediction
+    out = {k: torch.zeros(len(idx), n) for k, n in (("color", 10), ("shape", 5), ("floor", 10), ("background", 10))}
+    out["mask_logits"] = torch.logit(y["mask32"].clamp(1e-6, 1 - 1e-6))
+    out["size"] = y["size"].clone()
+    _, parts = loss_fn(out, y)
+    assert parts["centroid"] < 1e-3 and parts["size"] == 0.0 and parts["color"] == pytest.approx(math.log(10))

@@ -2,7 +2,8 @@
 
     python -m idsedit.mini.train_evaluator --out src/idsedit/assets/evaluator.safetensors
 
-Data: ``n_train`` scenes from ``sample_scene`` (0-2 distractors) rendered at 64x64, plus ``n_val`` held-out
+Data: ``n_train`` scenes from ``sample_scene`` (0-2 distractors; a fraction ``p_edit`` given one change that
+only edits produce, e.g. an object the colour of the floor) rendered at 64x64, plus ``n_val`` held-out plain
 scenes from a different seed. Augmentation (train only): horizontal flip (a mirrored scene is a valid scene;
 mask and centroid flip with it), Gaussian pixel noise and a light blur, so the evaluator also reads the
 slightly noisy/blurred images an edit produces. Losses: cross-entropy on the four class heads, BCE of the
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..shapes import COLORS, SHAPES, render_many, sample_scene
+from ..shapes import COLORS, SHAPES, SceneParams, render_many, sample_scene, with_changes
+from ..shapes.scene import footprint_radius
 from .evaluator import (SIZE_MEAN, SIZE_STD, Evaluator, EvaluatorConfig, EvaluatorNet, save_evaluator,
                         soft_centroid)
 
@@ -38,28 +40,52 @@ class TrainEvaluatorConfig:
     batch: int = 64  # images per step
     lr: float = 3e-3  # AdamW peak learning rate (linear warm-up 50 steps, cosine decay to 0)
     weight_decay: float = 1e-4  # AdamW weight decay
-    noise_max: float = 0.04  # per-image pixel noise std ~ U[0, noise_max]
+    p_edit: float = 0.15  # probability that a training scene gets one off-distribution edit (see edit_like)
+    noise_max: float = 0.08  # per-image pixel noise std ~ U[0, noise_max]
     blur_prob: float = 0.3  # probability of a 3x3 binomial blur
     threads: int = 1  # torch CPU threads (the machine is shared)
 
 
-def render_dataset(n: int, seed: int, chunk: int = 64):
-    """Render n random scenes -> dict of uint8 images (n, 64, 64, 3), bool masks (n, 64, 64), class indices
-    color/shape/floor/background (n,), size (n,) float32 and centroid (n, 2) float32 (x, y in pixels)."""
+def edit_like(p: SceneParams, rng: np.random.Generator) -> SceneParams:
+    """One random change of the kind edits produce but ``sample_scene`` never does: the main object takes the
+    floor's colour, the background takes the floor's colour, or the main object gets a size in [0.45, 1.0] or a
+    position in [-0.8, 0.8] x [-1.0, 0.6]."""
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return with_changes(p, color=p.floor_color)
+    if kind == 1:
+        return with_changes(p, background=p.floor_color)
+    if kind == 2:
+        q = with_changes(p, size=float(rng.uniform(0.45, 1.0)))
+    else:
+        q = with_changes(p, position=(float(rng.uniform(-0.8, 0.8)), float(rng.uniform(-1.0, 0.6))))
+    clear = all(math.dist(o.position, q.main.position) > footprint_radius(o) + footprint_radius(q.main) + 0.15
+                for o in q.objects[1:])
+    return q if clear else p  # never push the main object into (or behind) a distractor
+
+
+def render_dataset(n: int, seed: int, p_edit: float = 0.0, chunk: int = 64):
+    """Render n random scenes (a fraction ``p_edit`` passed through :func:`edit_like`) -> dict of uint8
+    images (n, 64, 64, 3), bool masks (n, 64, 64), class indices color/shape/floor/background (n,), size (n,)
+    float32 and centroid (n, 2) float32 (x, y in pixels)."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
+    edit_rng = np.random.default_rng([seed, 1])
+    scenes = [edit_like(s, edit_rng) if edit_rng.random() < p_edit else s for s in scenes]
     colors, shapes = list(COLORS), list(SHAPES)
     images, masks = [], []
     for i in range(0, n, chunk):
         r = render_many(scenes[i:i + chunk], 64)
         images.append((r.rgb * 255 + 0.5).astype(np.uint8))
         masks.append(r.mask)
-    masks = np.concatenate(masks)
+    images, masks = np.concatenate(images), np.concatenate(masks)
+    keep = masks.sum((1, 2)) >= 20  # drop the rare edit that hides the main object behind a distractor
+    images, masks, scenes = images[keep], masks[keep], [s for s, k in zip(scenes, keep) if k]
     ys, xs = np.mgrid[0:64, 0:64] + 0.5
     area = masks.sum((1, 2))
     centroid = np.stack([(masks * xs).sum((1, 2)) / area, (masks * ys).sum((1, 2)) / area], 1)
     return {
-        "image": np.concatenate(images), "mask": masks,
+        "image": images, "mask": masks,
         "color": np.array([colors.index(s.main.color) for s in scenes]),
         "shape": np.array([shapes.index(s.main.shape) for s in scenes]),
         "floor": np.array([colors.index(s.floor_color) for s in scenes]),
@@ -122,8 +148,9 @@ def train(cfg: TrainEvaluatorConfig, log=print) -> tuple[Evaluator, dict]:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    train_data = render_dataset(cfg.n_train, cfg.seed)
-    val_data = render_dataset(cfg.n_val, cfg.seed + 1)
+    train_data = render_dataset(cfg.n_train, cfg.seed, cfg.p_edit)
+    n_train = len(train_data["image"])
+    val_data = render_dataset(cfg.n_val, cfg.seed + 1)  # held out: plain sample_scene scenes
     log(f"rendered {cfg.n_train} + {cfg.n_val} scenes in {time.time() - t0:.0f} s")
     ecfg = EvaluatorConfig()
     net = EvaluatorNet(ecfg)
@@ -134,7 +161,7 @@ def train(cfg: TrainEvaluatorConfig, log=print) -> tuple[Evaluator, dict]:
         lr = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, cfg.n_train, (cfg.batch,), generator=gen).numpy()
+        idx = torch.randint(0, n_train, (cfg.batch,), generator=gen).numpy()
         x, y = _batch(train_data, idx, gen, cfg)
         loss, parts = loss_fn(net(x), y)
         loss_value = float(loss.detach())
