@@ -193,22 +193,35 @@ def _hit_torus(o, d, t_min, need_normal):
     oc = (o[0], o[1] - r, o[2])
     dd = _dot(d, d)
     lo, hi = _quadratic(dd, _dot(oc, d), _dot(oc, oc) - (R + r + 1e-3) ** 2)
+    # clip the ray to the bounding sphere AND the slab 0 <= y <= 2r that holds the flat torus
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y0, y1 = -o[1] / d[1], (2 * r - o[1]) / d[1]
+    slab_in = np.nan_to_num(np.minimum(y0, y1), nan=-np.inf)
+    slab_out = np.nan_to_num(np.maximum(y0, y1), nan=np.inf)
+    inside_slab = (o[1] >= 0) & (o[1] <= 2 * r)  # d_y == 0: the slab is all or nothing
+    slab_in = np.where(d[1] == 0, np.where(inside_slab, -np.inf, np.inf), slab_in)
+    slab_out = np.where(d[1] == 0, np.where(inside_slab, np.inf, -np.inf), slab_out)
+    t_start = np.maximum(np.maximum(lo, slab_in), t_min)
+    t_end = np.minimum(hi, slab_out)
     t_out = np.full(n_rays, np.inf)
-    idx = np.nonzero(np.isfinite(hi) & (hi > t_min))[0]
+    idx = np.nonzero(np.isfinite(hi) & (t_end > t_start))[0]
     inv_len = 1.0 / np.sqrt(dd[idx])
-    t = np.maximum(lo[idx], t_min)
-    t_exit = hi[idx]
+    t = t_start[idx]
+    t_exit = t_end[idx] + 1e-9
     ox, oy, oz, dx, dy, dz = (v[idx] for v in (*o, *d))
-    for _ in range(SPHERE_TRACE_STEPS):
+    active = np.ones(idx.size, dtype=bool)
+    for it in range(SPHERE_TRACE_STEPS):
         if idx.size == 0:
             break
         dist = _torus_sdf(ox + t * dx, oy + t * dy, oz + t * dz)
-        hit = dist < SPHERE_TRACE_TOL
+        hit = active & (dist < SPHERE_TRACE_TOL)
         t_out[idx[hit]] = t[hit]
-        t = t + dist * inv_len
-        keep = ~hit & (t < t_exit)
-        idx, t, t_exit, inv_len = idx[keep], t[keep], t_exit[keep], inv_len[keep]
-        ox, oy, oz, dx, dy, dz = ox[keep], oy[keep], oz[keep], dx[keep], dy[keep], dz[keep]
+        t = np.where(active, t + dist * inv_len, t)
+        active &= ~hit & (t < t_exit)
+        if it % 6 == 5:  # drop finished rays now and then (cheaper than compacting every step)
+            keep = np.nonzero(active)[0]
+            idx, t, t_exit, inv_len, active = idx[keep], t[keep], t_exit[keep], inv_len[keep], active[keep]
+            ox, oy, oz, dx, dy, dz = ox[keep], oy[keep], oz[keep], dx[keep], dy[keep], dz[keep]
     if not need_normal:
         return t_out, None
     tt = np.where(np.isfinite(t_out), t_out, 0.0)
