@@ -106,17 +106,24 @@ def accuracy(images: np.ndarray, prompts: list[str]) -> dict:
     from idsedit.shapes import COLORS, parse_caption
 
     flat = images.reshape(-1, *images.shape[2:])
+    S = images.shape[1]
     want = [parse_caption(p) for p in prompts for _ in range(images.shape[1])]
+    from ..errors import ModelLoadError
+
     try:
         from .evaluator import load_evaluator
-    except ImportError:
-        load_evaluator = None
-    if load_evaluator is not None:
-        pred = load_evaluator().predict(flat.astype(np.float32) / 255.0)
-        got_c, got_s = list(pred["color"]), list(pred["shape"])
-        return {"judge": "idsedit.mini.evaluator",
+
+        ev = load_evaluator()
+    except (ImportError, ModelLoadError):
+        ev = None
+    if ev is not None:
+        pred = ev.predict(flat.astype(np.float32) / 255.0)
+        got_c, got_s = ev.names(pred, "color"), ev.names(pred, "shape")
+        return {"judge": "idsedit.mini.evaluator", "n": len(flat),
                 "colour_acc": float(np.mean([g == w["color"] for g, w in zip(got_c, want)])),
-                "shape_acc": float(np.mean([g == w["shape"] for g, w in zip(got_s, want)])), "n": len(flat)}
+                "shape_acc": float(np.mean([g == w["shape"] for g, w in zip(got_s, want)])),
+                "predicted": {p: [f"{c} {sh}" for c, sh in zip(got_c[i * S:(i + 1) * S], got_s[i * S:(i + 1) * S])]
+                              for i, p in enumerate(prompts)}}
     got = [palette_colour(im, COLORS) for im in flat]
     return {"judge": "palette_colour (crude fallback, no evaluator)", "n": len(flat),
             "colour_acc": float(np.mean([g == w["color"] for g, w in zip(got, want)])), "shape_acc": None}

@@ -6,8 +6,9 @@ Usage::
     python -m idsedit.mini.train --stage unet --minutes 90 --state train-state/
     python -m idsedit.mini.train --stage export --state train-state/ --out src/idsedit/assets/mini-sd
 
-Each call resumes from ``--state`` and stops after ``--minutes`` (or ``--max-steps``), saving a
-checkpoint every ``--checkpoint-minutes`` and at the end. Batches are drawn from generators seeded by
+Each call resumes from ``--state`` and stops after ``--minutes`` (or ``--max-steps``, or on SIGTERM /
+Ctrl-C, or when a file ``<state>/STOP`` exists), saving a checkpoint every ``--checkpoint-minutes`` and
+at the end. Batches are drawn from generators seeded by
 ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted run would.
 
 State folder layout::
@@ -28,7 +29,9 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -308,9 +311,18 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> di
     return meta
 
 
+_STOP = {"signal": False}  # set by SIGTERM/SIGINT: finish the step, checkpoint, exit
+
+
+def _request_stop(signum, frame) -> None:
+    _STOP["signal"] = True
+
+
 def _keep_going(cfg: TrainConfig, step: int, t0: float) -> bool:
-    """True while both the time budget and the step budget allow another step."""
+    """True while the time budget, the step budget, signals and a ``state/STOP`` file allow another step."""
     if cfg.max_steps > 0 and step >= cfg.max_steps:
+        return False
+    if _STOP["signal"] or (cfg.state / "STOP").exists():
         return False
     return cfg.minutes <= 0 or (time.time() - t0) < cfg.minutes * 60
 
@@ -500,6 +512,9 @@ def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None
     check_config(cfg)
     log = log or (lambda msg: tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr))
     torch.set_num_threads(cfg.threads)
+    if threading.current_thread() is threading.main_thread():  # `kill <pid>` = checkpoint and stop
+        signal.signal(signal.SIGTERM, _request_stop)
+        signal.signal(signal.SIGINT, _request_stop)
     world = world or load_world()
     cfg = init_state(cfg, world)
     result = {}
