@@ -315,6 +315,9 @@ _STOP = {"signal": False}  # set by SIGTERM/SIGINT: finish the step, checkpoint,
 
 
 def _request_stop(signum, frame) -> None:
+    """First signal: stop after this step with a checkpoint; a second one interrupts at once."""
+    if _STOP["signal"]:
+        raise KeyboardInterrupt
     _STOP["signal"] = True
 
 
