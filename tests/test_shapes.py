@@ -80,6 +80,33 @@ def test_sphere_head_on_is_a_disc_of_the_projected_radius():
     assert abs(xs.mean() + 0.5 - W / 2) < 1e-6 and abs(ys.mean() + 0.5 - W / 2) < 1e-6
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_top_down_silhouettes_match_the_footprints(shape):
+    # a camera straight above, very far, with a tiny fov is orthographic: the mask is the primitive's footprint
+    s, theta, W = 0.9, 0.4, 48
+    cam = CameraParams(elevation=90.0, azimuth=0.0, distance=1000.0, fov=math.degrees(2 * math.atan(1.7 / 1000)),
+                       target=(0.0, 0.0, 0.0))
+    p = SceneParams(objects=(ObjectParams(shape, "red", (0.0, 0.0), s, theta),), camera=cam)
+    r = render(p, W)
+    eye, d = pixel_rays(cam, W)
+    x, z = eye[0] - eye[1] / d[1] * d[0], eye[2] - eye[1] / d[1] * d[2]  # where each centre ray meets y = 0
+    # local footprint coordinates: R_y(-theta) (x, z) / s
+    c, sn = math.cos(theta), math.sin(theta)
+    u, w = (c * x - sn * z) / s, (sn * x + c * z) / s
+    rho = np.hypot(u, w)
+    if shape == "cube":
+        a = raycast.CUBE_HALF
+        dist = np.maximum(np.abs(u), np.abs(w)) - a
+    elif shape == "torus":
+        dist = np.abs(rho - raycast.TORUS_MAJOR) - raycast.TORUS_MINOR
+    else:
+        radius = {"sphere": 1.0, "cylinder": raycast.CYL_RADIUS, "cone": raycast.CONE_RADIUS}[shape]
+        dist = rho - radius
+    inside, clear = (dist < 0).reshape(W, W), (np.abs(dist) > 0.02).reshape(W, W)
+    assert clear.mean() > 0.9 and inside.sum() > 100
+    assert np.array_equal(r.mask[clear], inside[clear])
+
+
 def test_floor_shading_and_shadows_match_closed_form():
     # a floor pixel whose 3x3 neighbourhood is all floor with the same shadow state is shaded from its centre
     # ray only: floor * (AMBIENT + DIFFUSE * l_y) when lit, floor * AMBIENT when the sphere blocks the light

@@ -14,9 +14,9 @@ Unit primitives (local frame):
   cylinder  x^2 + z^2 <= R^2, 0 <= y <= H (capped),               R, H = CYL_RADIUS, CYL_HEIGHT
   cone      x^2 + z^2 <= (R (1 - y / H))^2, 0 <= y <= H (capped), R, H = CONE_RADIUS, CONE_HEIGHT
   torus     (sqrt(x^2 + z^2) - R)^2 + (y - r)^2 = r^2 (lying flat), R, r = TORUS_MAJOR, TORUS_MINOR
-The torus is found by sphere tracing its exact distance function inside its bounding sphere and slab, a hit
-being a distance below 1e-5 (local units) or below SPHERE_TRACE_CONE times the distance travelled (a cone a
-fraction of a pixel wide, so grazing rays converge); the others by closed-form quadric / slab intersections.
+The torus is found by sphere tracing its exact distance function inside its bounding sphere and slab (a hit
+is a distance below SPHERE_TRACE_TOL, which also lets grazing rays converge within SPHERE_TRACE_STEPS); the
+others by closed-form quadric / slab intersections.
 
 Shading: albedo * (AMBIENT + DIFFUSE * max(0, n.l) * lit) + SPECULAR * max(0, n.h)^SHININESS * lit, where
 ``lit`` is 0 when the shadow ray towards the light hits an object; the floor uses n = +Y; rays that hit
@@ -44,9 +44,8 @@ TORUS_MAJOR, TORUS_MINOR = 1.0, 0.42
 AMBIENT, DIFFUSE, SPECULAR, SHININESS = 0.32, 0.68, 0.35, 40.0
 SHADOW_OFFSET = 1e-4  # world units a shadow ray starts off the surface, along the normal
 T_MIN = 1e-9  # smallest accepted hit distance
-SPHERE_TRACE_STEPS, SPHERE_TRACE_TOL = 200, 1e-5 # torus: iterations, hit threshold (local units)
-SPHERE_TRACE_CONE = 2e-4  # torus: also a hit when the distance is below this fraction of the distance travelled
-#                           (~1/40 of a pixel's angle at 64 px, fov 30), so grazing rays converge in few steps
+SPHERE_TRACE_STEPS = 200  # torus: sphere-tracing iterations (enough for grazing rays to converge or exit)
+SPHERE_TRACE_TOL = 3e-4  # torus: hit threshold on the distance (local units; ~1/200 pixel at 64 px)
 
 BACKGROUND_ID, FLOOR_ID = -2, -1  # internal hit ids; objects are 0..K-1
 SHAPE_INDEX = {s: i for i, s in enumerate(SHAPES)}
@@ -217,7 +216,7 @@ def _hit_torus(o, d, t_min, need_normal):
         if idx.size == 0:
             break
         dist = _torus_sdf(ox + t * dx, oy + t * dy, oz + t * dz)
-        hit = active & ((dist < SPHERE_TRACE_TOL) | (dist * inv_len < SPHERE_TRACE_CONE * t))
+        hit = active & (dist < SPHERE_TRACE_TOL)
         t_out[idx[hit]] = t[hit]
         t = np.where(active, t + dist * inv_len, t)
         active &= ~hit & (t < t_exit)
