@@ -107,6 +107,36 @@ def test_top_down_silhouettes_match_the_footprints(shape):
     assert np.array_equal(r.mask[clear], inside[clear])
 
 
+@pytest.mark.parametrize("shape", ["sphere", "torus"])
+def test_object_shading_matches_closed_form_under_an_overhead_light(shape):
+    # light straight up: no point with n_y > 0 can be shadowed (the vertical above it is empty), so a pixel
+    # whose neighbours all hit the object is albedo * (AMBIENT + DIFFUSE n_y) + SPECULAR max(0, n.h)^SHININESS
+    s, W = 0.9, 48
+    p = SceneParams(objects=(ObjectParams(shape, "orange", (0.0, 0.0), s),), light=(0.0, 1.0, 0.0))
+    r = render(p, W)
+    eye, d = pixel_rays(p.camera, W)
+    depth = np.where(r.mask, r.depth, 1.0).ravel().astype(np.float64)  # background pixels are masked out below
+    pts = eye[:, None] + depth * d  # (3, N)
+    if shape == "sphere":
+        n = pts - np.array([[0.0], [s], [0.0]])
+    else:  # torus: from the nearest point of the ring of tube centres (radius R s at height r s)
+        rho = np.hypot(pts[0], pts[2])
+        R, rr = raycast.TORUS_MAJOR * s, raycast.TORUS_MINOR * s
+        n = np.stack([pts[0] - R * pts[0] / rho, pts[1] - rr, pts[2] - R * pts[2] / rho])
+    n = n / np.linalg.norm(n, axis=0)
+    h = np.array([[0.0], [1.0], [0.0]]) - d
+    h = h / np.linalg.norm(h, axis=0)
+    spec = np.maximum((n * h).sum(0), 0) ** raycast.SHININESS
+    albedo = np.array(COLORS["orange"])
+    expected = np.clip(albedo[None] * (raycast.AMBIENT + raycast.DIFFUSE * np.maximum(n[1], 0))[:, None]
+                       + raycast.SPECULAR * spec[:, None], 0, 1).reshape(W, W, 3)
+    # pixels whose 3x3 neighbourhood is all object with n_y > 0.05 (no silhouette, no terminator: not anti-aliased)
+    ok = np.pad(r.mask & (np.nan_to_num(n[1]).reshape(W, W) > 0.05), 1)
+    sel = np.all([ok[1 + dy:W + 1 + dy, 1 + dx:W + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    assert sel.sum() > 150
+    np.testing.assert_allclose(r.rgb[sel], expected[sel], atol=2e-3)
+
+
 def test_floor_shading_and_shadows_match_closed_form():
     # a floor pixel whose 3x3 neighbourhood is all floor with the same shadow state is shaded from its centre
     # ray only: floor * (AMBIENT + DIFFUSE * l_y) when lit, floor * AMBIENT when the sphere blocks the light

@@ -42,7 +42,7 @@ CONE_RADIUS, CONE_HEIGHT = 1.05, 2.0
 TORUS_MAJOR, TORUS_MINOR = 1.0, 0.42
 
 AMBIENT, DIFFUSE, SPECULAR, SHININESS = 0.32, 0.68, 0.35, 40.0
-SHADOW_OFFSET = 1e-4  # world units a shadow ray starts off the surface, along the normal
+SHADOW_OFFSET = 2e-3  # world units a shadow ray starts off the surface, along the normal (> torus tolerance)
 T_MIN = 1e-9  # smallest accepted hit distance
 SPHERE_TRACE_STEPS = 200  # torus: sphere-tracing iterations (enough for grazing rays to converge or exit)
 SPHERE_TRACE_TOL = 3e-4  # torus: hit threshold on the distance (local units; ~1/200 pixel at 64 px)
