@@ -224,6 +224,31 @@ def test_folder_batch_survives_a_bad_image(fake, tmp_path, capsys):
     assert "2 of 3 edits done, 1 failed" in err and "Traceback" not in err
 
 
+def test_batch_keeps_going_after_a_bug_or_oom_in_one_edit(fake, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name, colour in (("a.png", (1, 0, 0)), ("b.png", (2, 0, 0)), ("c.png", (3, 0, 0))):
+        Image.new("RGB", (32, 32), colour).save(folder / name)
+    real = edit2d.edit_image
+
+    def flaky(prior, image, *a, **k):
+        red = image.getpixel((0, 0))[0]
+        if red == 1:
+            raise ZeroDivisionError("a bug")
+        if red == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(prior, image, *a, **k)
+
+    monkeypatch.setattr(edit2d, "edit_image", flaky)
+    code, out, err = run(capsys, *edit(folder, tmp_path / "out"))
+    assert code == 1
+    assert "c.ids.png" in files_in(tmp_path / "out") and "a.ids.png" not in files_in(tmp_path / "out")
+    assert "Traceback" in err and "ZeroDivisionError" in err                  # a bug keeps its traceback
+    assert any(line.startswith("error: ") and "b.png" in line and "out of memory" in line
+               for line in err.splitlines())
+    assert "1 of 3 edits done, 2 failed" in err
+
+
 def test_same_stem_twice_gets_distinct_outputs(fake, tmp_path, capsys):
     folder = tmp_path / "pics"
     folder.mkdir()

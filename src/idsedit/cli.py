@@ -377,34 +377,42 @@ def run_edit(args: argparse.Namespace) -> int:
         raise IdseditError("--invert does not take a mask (the A->B->A test edits the whole image): drop --mask")
     plans = plan_outputs(jobs, Path(args.out).expanduser(), config.method, Path(args.input).expanduser())
     configs = [make_config(args, j.method) if j.method else config for j in jobs]
-    prior = _load_prior(args)
-    failed = 0
-    for job, cfg, outs in zip(jobs, configs, plans):
-        try:
-            line = run_one(prior, job, cfg, outs, args)
-        except IdseditError as e:
-            if len(jobs) == 1:
-                raise
-            message = _one_line(e)
-        except Exception as e:                       # noqa: BLE001  one bad edit must not stop a batch
-            if _is_resource_error(e):
-                if len(jobs) == 1:
-                    raise IdseditError(_resource_message(e)) from None
-            elif len(jobs) == 1:
-                raise                                # a bug: keep the traceback
-            else:
-                traceback.print_exc()
-            message = _resource_message(e)
-        else:
-            if not args.quiet:
-                print(line, flush=True)
-            continue
-        failed += 1
-        _err(f"error: {job.image}: {message}")
+    check_device(args.device)
+    with _quiet_libraries():                         # diffusers/transformers chatter; our own warnings still show
+        prior = _load_prior(args)
+        done = [_run_reported(prior, job, cfg, outs, args, single=len(jobs) == 1)
+                for job, cfg, outs in zip(jobs, configs, plans)]
+    failed = done.count(False)
     if len(jobs) > 1 and (failed or not args.quiet):
         print(f"{len(jobs) - failed} of {len(jobs)} edits done, {failed} failed", file=sys.stderr if failed else
               sys.stdout, flush=True)
     return 1 if failed else 0
+
+
+def _run_reported(prior, job, config, outs: Outputs, args: argparse.Namespace, single: bool) -> bool:
+    """Run one edit and print its summary line. A single edit raises its error; in a batch the error is printed
+    as one line (a traceback too if it looks like a bug) and False is returned so the other edits still run.
+    """
+    try:
+        line = run_one(prior, job, config, outs, args)
+    except IdseditError as e:
+        if single:
+            raise
+        message = _one_line(e)
+    except Exception as e:                           # noqa: BLE001  one bad edit must not stop a batch
+        if single and _is_resource_error(e):
+            raise IdseditError(_resource_message(e)) from None
+        if single:
+            raise                                    # a bug: keep the traceback
+        if not _is_resource_error(e):
+            traceback.print_exc()
+        message = _resource_message(e)
+    else:
+        if not args.quiet:
+            print(line, flush=True)
+        return True
+    _err(f"error: {job.image}: {message}")
+    return False
 
 
 def _is_resource_error(e: BaseException) -> bool:
@@ -446,12 +454,10 @@ def check_device(name: str | None) -> None:
 
 
 def _load_prior(args: argparse.Namespace):
-    """The model named by --model (or the bundled mini prior), with third-party log chatter silenced."""
+    """The model named by --model (or the bundled mini prior)."""
     from . import prior as prior_mod
 
-    check_device(args.device)
-    with _quiet_libraries():
-        return prior_mod.load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    return prior_mod.load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
 
 
 @contextmanager
