@@ -55,6 +55,7 @@ def _rays(cam: CameraParams, size: int):
 
 
 def _render_chunk(scenes: list[SceneParams], cams: list[CameraParams], size: int):
+    """Trace B scenes together -> rgb (B, H, W, 3), mask, depth, object_ids, coverage (see :class:`Render`)."""
     B, P, S = len(scenes), size * size, len(SUBSAMPLE_OFFSETS)
     table = SceneTable(scenes)
     rays = [_rays(c, size) for c in cams]
