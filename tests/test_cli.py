@@ -495,7 +495,6 @@ def test_missing_plugin_is_one_line(capsys, monkeypatch):
 
 
 def test_plugin_with_missing_dependency(capsys, monkeypatch):
-    mod = types.ModuleType("fake_plugin_dep")
     monkeypatch.setitem(cli.PLUGINS, "demo", ("fake_plugin_dep", "help"))
 
     def importer(name):
@@ -504,7 +503,6 @@ def test_plugin_with_missing_dependency(capsys, monkeypatch):
     monkeypatch.setattr(cli.importlib, "import_module", importer)
     code, _, err = run(capsys, "demo")
     assert_one_line_error(code, err, "matplotlib", "pip install")
-    del mod
 
 
 def test_plugin_gets_its_flags_and_namespace(capsys, monkeypatch):
@@ -532,6 +530,15 @@ def test_plugins_are_registered_and_not_imported_for_other_commands(capsys, monk
     parser = cli.build_parser(["edit", "x.png"])
     assert {"edit", "bench", "demo", "train-mini", "eval"} <= set(parser.subcommands)
     assert imported == []
+
+
+def test_top_level_help_does_not_import_torch():
+    import subprocess
+
+    code = ("import sys, idsedit.cli as c; c.build_parser(['--help']); c.build_parser(['edit', 'x.png']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
 def test_version(capsys):
