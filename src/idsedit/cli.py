@@ -95,7 +95,10 @@ def _defaults() -> tuple[object, object] | tuple[None, None]:
 
 
 def _d(cfg, name: str) -> str:
-    return f" (default: {getattr(cfg, name)})" if cfg is not None else ""
+    if cfg is None:
+        return ""
+    value = getattr(cfg, name)
+    return f" (default: {value!r})" if isinstance(value, str) and not value else f" (default: {value})"
 
 
 def add_edit_arguments(p: argparse.ArgumentParser, with_defaults: bool = False) -> None:
@@ -105,40 +108,46 @@ def add_edit_arguments(p: argparse.ArgumentParser, with_defaults: bool = False) 
                    help="an image file, a folder of images (png/jpg/jpeg/webp/bmp), or a .csv/.jsonl manifest "
                         "with columns image, source, target[, mask, method]")
     g = p.add_argument_group("prompts")
-    g.add_argument("--source", help="prompt describing the input image (not used with a manifest)")
-    g.add_argument("--target", help="prompt describing the wanted result (not used with a manifest)")
-    g.add_argument("--negative-prompt", help="unconditional prompt of classifier-free guidance" +
-                   _d(d, "negative_prompt"))
+    g.add_argument("--source", metavar="TEXT", help="prompt describing the input image (not with a manifest)")
+    g.add_argument("--target", metavar="TEXT", help="prompt describing the wanted result (not with a manifest)")
+    g.add_argument("--negative-prompt", metavar="TEXT",
+                   help="unconditional prompt of classifier-free guidance" + _d(d, "negative_prompt"))
     g = p.add_argument_group("method")
-    g.add_argument("--method", type=str.lower, help=f"distillation method: {METHOD_NAMES_HELP}" + _d(e, "method") +
-                   "; a manifest's method column overrides it per row")
-    g.add_argument("--steps", type=_int_at_least(1), help="optimisation steps" + _d(e, "steps"))
-    g.add_argument("--guidance", type=_float(positive=True), help="classifier-free guidance scale" +
-                   _d(d, "guidance"))
-    g.add_argument("--lr", type=_float(positive=True), help="SGD learning rate on the latent" + _d(e, "lr"))
-    g.add_argument("--seed", type=int, help="random seed of the timestep and noise draws" + _d(e, "seed"))
-    g.add_argument("--fpr-iters", type=_int_at_least(0), help="IDS fixed-point iterations N (the cap in adaptive "
-                   "mode)" + _d(d, "fpr_iters"))
-    g.add_argument("--fpr-lambda", type=_float(nonneg=True), help="IDS fixed-point step size lambda" +
-                   _d(d, "fpr_lambda"))
-    g.add_argument("--fpr-mode", help=f"IDS fixed-point gradient: {FPR_MODES_HELP}" + _d(d, "fpr_mode"))
+    g.add_argument("--method", metavar="NAME", type=str.lower,
+                   help=f"distillation method: {METHOD_NAMES_HELP}" + _d(e, "method") +
+                        "; a manifest's method column overrides it per row")
+    g.add_argument("--steps", metavar="N", type=_int_at_least(1), help="optimisation steps" + _d(e, "steps"))
+    g.add_argument("--guidance", metavar="W", type=_float(positive=True),
+                   help="classifier-free guidance scale" + _d(d, "guidance"))
+    g.add_argument("--lr", metavar="LR", type=_float(positive=True),
+                   help="SGD learning rate on the latent" + _d(e, "lr"))
+    g.add_argument("--seed", metavar="S", type=int,
+                   help="random seed of the timestep and noise draws" + _d(e, "seed"))
+    g.add_argument("--fpr-iters", metavar="N", type=_int_at_least(0),
+                   help="IDS fixed-point iterations N (the cap in adaptive mode)" + _d(d, "fpr_iters"))
+    g.add_argument("--fpr-lambda", metavar="L", type=_float(nonneg=True),
+                   help="IDS fixed-point step size lambda" + _d(d, "fpr_lambda"))
+    g.add_argument("--fpr-mode", metavar="MODE",
+                   help=f"IDS fixed-point gradient: {FPR_MODES_HELP}" + _d(d, "fpr_mode"))
     g.add_argument("--with-cut", action="store_true", default=None,
                    help="add CDS's PatchNCE term to IDS (the official with_cut option)")
-    g.add_argument("--cut-weight", type=_float(nonneg=True), help="weight of the PatchNCE term (CDS, --with-cut)" +
-                   _d(d, "cut_weight"))
+    g.add_argument("--cut-weight", metavar="W", type=_float(nonneg=True),
+                   help="weight of the PatchNCE term (CDS, --with-cut)" + _d(d, "cut_weight"))
     g = p.add_argument_group("input and output")
-    g.add_argument("--mask", help="edit mask for every input without its own (white = editable, black = keep)")
+    g.add_argument("--mask", metavar="PATH",
+                   help="edit mask for every input without its own (white = editable, black = keep)")
     g.add_argument("--invert", action="store_true",
                    help="also edit back (target -> source) and report the A->B->A reconstruction PSNR")
-    g.add_argument("--frames-every", type=_int_at_least(0), help="save a frame every K steps (0: none)" +
-                   _d(e, "frames_every"))
-    g.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT}/)")
+    g.add_argument("--frames-every", metavar="K", type=_int_at_least(0),
+                   help="save a frame every K steps (0: none)" + _d(e, "frames_every"))
+    g.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT}/)")
     g.add_argument("--quiet", action="store_true", help="no progress bars and no per-image summary")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="diffusers folder or hub id of a Stable-Diffusion-family model "
-                                   "(default: the bundled mini prior)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    g.add_argument("--dtype", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
+    g.add_argument("--model", metavar="PATH_OR_HUB_ID",
+                   help="diffusers folder or hub id of a Stable-Diffusion-family model (default: the bundled mini "
+                        "prior)")
+    g.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    g.add_argument("--dtype", metavar="DTYPE", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     g.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle (.bin/.ckpt) weights, which can run code; only for sources you trust")
 
