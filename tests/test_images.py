@@ -321,6 +321,17 @@ def test_comparison_image_layout():
         comparison_image(a, b, ("only one",))
 
 
+def test_comparison_image_non_latin_labels_with_either_font(monkeypatch):
+    import idsedit.images as images
+    from PIL import ImageFont
+
+    a = Image.new("RGB", (32, 32))
+    labels = ("source: 一只猫 🐱", "target: ein Hund über")
+    assert comparison_image(a, a, labels).height > 32
+    monkeypatch.setattr(images, "_font", lambda size: ImageFont.load_default_imagefont())   # no FreeType
+    assert comparison_image(a, a, labels).height > 32
+
+
 def test_list_images_sorted_filtered(tmp_path):
     for name in ("b.PNG", "a.jpg", "c.webp", "d.bmp", "e.jpeg", "notes.txt", ".hidden.png"):
         (tmp_path / name).write_bytes(b"x")

@@ -394,6 +394,8 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     """``text`` cut with an ellipsis so it renders within ``width`` pixels."""
     text = " ".join(text.split())
+    if not isinstance(font, ImageFont.FreeTypeFont):          # the bitmap fallback font only knows Latin-1
+        text = text.encode("latin-1", "replace").decode("latin-1")
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "...", font=font) > width:
