@@ -163,6 +163,18 @@ def test_unusable_files_raise_one_line_error_naming_the_file(tmp_path, make, phr
     assert phrase in msg and "bad.png" in msg and "\n" not in msg
 
 
+def test_formats_that_run_external_programs_are_refused(tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "page.eps")      # Pillow renders EPS with Ghostscript
+    with pytest.raises(InputImageError, match=r"page\.eps is not an image in a supported format"):
+        load_image(tmp_path / "page.eps")
+
+
+def test_common_formats_are_read(tmp_path):
+    for name in ("a.png", "a.jpg", "a.webp", "a.bmp", "a.gif", "a.tif", "a.ppm", "a.tga"):
+        _gradient().save(tmp_path / name)
+        assert load_image(tmp_path / name).size == (40, 30), name
+
+
 def test_truncated_png(tmp_path):
     _gradient(200, 200).save(tmp_path / "full.png")
     data = (tmp_path / "full.png").read_bytes()

@@ -39,6 +39,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ALPHA_MODES = ("LA", "La", "PA", "RGBa", "RGBA")
 """Pillow modes with an alpha channel (premultiplied or not)."""
 
+READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "AVIF", "HEIF")
+"""Formats ``load_image`` decodes (those Pillow has plugins for). Others, e.g. EPS/PDF, which Pillow renders with
+external programs such as Ghostscript, are refused: inputs may come from anywhere."""
+
 WHITE = (255, 255, 255)
 
 
@@ -54,10 +58,11 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_sid
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as im:
+            with Image.open(path, formats=_read_formats()) as im:
                 _check_size(path, im.size, max_pixels, min_side)
                 if getattr(im, "n_frames", 1) > 1:
-                    warnings.warn(f"{path} has {im.n_frames} frames (animation); using the first frame only")
+                    warnings.warn(f"{path} has {im.n_frames} frames (an animation or several pages); using the "
+                                  "first frame only")
                     im.seek(0)
                 im.load()
                 upright = ImageOps.exif_transpose(im)
@@ -66,11 +71,17 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_sid
             raise InputImageError(f"{path} is too large to decode safely; downscale it to at most "
                                   f"{max_pixels / 1e6:.0f} megapixels first") from None
         except UnidentifiedImageError:
-            raise InputImageError(f"{path} is not an image Pillow can read (wrong extension or unsupported "
-                                  "format); convert it to PNG or JPEG") from None
+            raise InputImageError(f"{path} is not an image in a supported format ({', '.join(_read_formats())}); "
+                                  "convert it to PNG or JPEG") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise InputImageError(f"{path} could not be decoded ({_one_line(e)}); the file may be truncated or "
                                   "corrupt: re-export it as PNG or JPEG") from None
+
+
+def _read_formats() -> list[str]:
+    """The READ_FORMATS that this Pillow installation can open."""
+    Image.init()
+    return [f for f in READ_FORMATS if f in Image.OPEN]
 
 
 def _check_is_readable_file(path: Path) -> None:
@@ -157,7 +168,7 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int
     path = Path(path)
     _check_is_readable_file(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=_read_formats()) as im:
             _check_size(path, im.size, max_pixels, 1)
             im.seek(0)
             im.load()
