@@ -420,7 +420,7 @@ def _run_reported(prior, job, config, outs: Outputs, args: argparse.Namespace, s
         if not args.quiet:
             print(line, flush=True)
         return True
-    _err(f"error: {job.image}: {message}")
+    _err(f"error: {message}" if str(job.image) in message else f"error: {job.image}: {message}")
     return False
 
 
