@@ -37,7 +37,7 @@ PLUGINS = {
     "bench": ("idsedit.bench", "benchmark the methods on the shapes world (table, CSV/JSON, figure)"),
     "demo": ("idsedit.demo", "a quick demonstration edit with the bundled mini prior"),
     "train-mini": ("idsedit.mini.train", "train the bundled mini prior on the shapes world"),
-    "eval": ("idsedit.eval", "evaluate edits (success, identity, invertibility)"),
+    "eval": ("idsedit.evaluate", "evaluate edits (success, identity, invertibility)"),
 }
 """Subcommands implemented elsewhere: name -> (module with add_arguments(parser) and cli_main(args), help)."""
 
