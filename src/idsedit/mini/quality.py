@@ -129,6 +129,17 @@ def accuracy(images: np.ndarray, prompts: list[str]) -> dict:
             "colour_acc": float(np.mean([g == w["color"] for g, w in zip(got, want)])), "shape_acc": None}
 
 
+def heldout_psnr(vae, n: int, seed: int = 12345) -> float:
+    """Mean VAE reconstruction PSNR (dB, posterior mean) on ``n`` fresh renders never seen in training."""
+    from idsedit.shapes import render_batch, sample_scene
+
+    from .train import vae_psnr
+
+    rng = np.random.default_rng(seed)
+    images = np.clip(np.round(render_batch([sample_scene(rng) for _ in range(n)], size=64) * 255), 0, 255)
+    return vae_psnr(vae, images.astype(np.uint8))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Sample the grid + an accuracy set, print JSON."""
     p = argparse.ArgumentParser(prog="python -m idsedit.mini.quality")
@@ -138,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--psnr-scenes", type=int, default=256, help="held-out renders for the VAE PSNR (seed 12345)")
     a = p.parse_args(argv)
     import torch
 
@@ -149,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ims = sample(pipe, prompts, list(range(a.seeds)), a.steps, a.guidance)
     res = accuracy(ims, prompts)
     res.update(prompts=len(prompts), seeds=a.seeds, steps=a.steps, guidance=a.guidance)
+    res["vae_psnr_db"] = heldout_psnr(pipe.vae, a.psnr_scenes)
     if a.grid is not None:
         rows = [prompts.index(g) if g in prompts else None for g in GRID_PROMPTS]
         grid = np.stack([ims[r] for r in rows if r is not None])
