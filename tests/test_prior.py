@@ -129,3 +129,29 @@ def test_model_folder_validation(tmp_path):
         load_prior(str(corrupt))
     with pytest.raises(ModelLoadError, match="is a file"):
         load_prior(str(TINY_MODEL / "model_index.json"))
+
+
+def test_bad_devices_are_one_line_errors_in_the_api_too():
+    from conftest import TINY_MODEL
+
+    with pytest.raises(IdseditError, match="unknown --device 'foo'"):
+        load_prior(str(TINY_MODEL), device="foo")
+    if not torch.cuda.is_available():
+        with pytest.raises(IdseditError, match="no CUDA GPU"):
+            load_prior(str(TINY_MODEL), device="cuda")
+
+
+def test_unreachable_hub_id_error_is_whole_sentences(monkeypatch):
+    import diffusers
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                      "the cached files. Check your internet connection or see how to run the library in offline "
+                      "mode at 'https://huggingface.co/docs/diffusers/installation#offline-mode'.")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", offline)
+    with pytest.raises(ModelLoadError) as e:
+        load_prior("someorg/some-model")
+    msg = str(e.value)
+    assert "not a local folder" in msg and msg.count("\n") == 0
+    assert "couldn't find them in the cached files." in msg and "Check your" not in msg

@@ -441,25 +441,9 @@ def _resource_message(e: BaseException) -> str:
 
 def check_device(name: str | None) -> None:
     """Raise IdseditError for a --device that torch cannot parse or that this machine does not have."""
-    if name is None:
-        return
-    import torch
+    from .prior import check_device as check
 
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise IdseditError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise IdseditError(f"--device {name}: no CUDA GPU is usable by this PyTorch build: use --device cpu "
-                               "(or install a CUDA build of PyTorch)")
-        if dev.index is not None and dev.index >= count:
-            raise IdseditError(f"--device {name}: only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
-    if dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise IdseditError(f"--device {name}: Apple MPS is not available here: use --device cpu")
+    check(name)
 
 
 def _load_prior(args: argparse.Namespace):

@@ -59,9 +59,31 @@ class UNetCounter:
         return {"forward": self.forward, "samples": self.samples, "backward": self.backward}
 
 
+def check_device(name: str | None) -> None:
+    """Raise IdseditError for a --device that torch cannot parse or that this machine does not have."""
+    if name is None:
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise IdseditError(f"unknown --device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise IdseditError(f"--device {name}: no CUDA GPU is usable by this PyTorch build: use --device cpu "
+                               "(or install a CUDA build of PyTorch)")
+        if dev.index is not None and dev.index >= count:
+            raise IdseditError(f"--device {name}: only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise IdseditError(f"--device {name}: Apple MPS is not available here: use --device cpu")
+
+
 def pick_device(device: str | None = None) -> torch.device:
-    """The given device, else CUDA, else MPS, else CPU."""
+    """The given device (checked), else CUDA, else MPS, else CPU."""
     if device:
+        check_device(device)
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -302,7 +324,7 @@ def load_prior(model: str | os.PathLike | None = None, *, device: str | None = N
             _check_pipeline(pipe, model)
             prior = Prior(pipe, device=dev, dtype=dt, name=model)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError, EnvironmentError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = _first_sentence(e)
         if local:
             raise ModelLoadError(f"could not load the model folder {model}: {reason}") from None
         raise ModelLoadError(f"could not load {model!r}: it is not a local folder and the model hub did not provide "
@@ -311,6 +333,14 @@ def load_prior(model: str | os.PathLike | None = None, *, device: str | None = N
         dlogging.set_verbosity(verbosity)
         dlogging.enable_progress_bar()
     return prior
+
+
+def _first_sentence(e: BaseException, limit: int = 240) -> str:
+    """The first sentence of an exception's message (whole words, at most ``limit`` characters)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    cut = text.find(". ")
+    text = text[: cut + 1] if 0 < cut < limit else text
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _check_pipeline(pipe, model: str) -> None:
