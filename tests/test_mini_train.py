@@ -106,3 +106,21 @@ def test_bad_values_are_user_errors(tmp_path):
 def test_cli_flags_map_to_config():
     stage, cfg, out = parse_args(["--stage", "unet", "--minutes", "3", "--unet-batch", "8", "--state", "x"])
     assert stage == "unet" and cfg.minutes == 3.0 and cfg.unet_batch == 8 and str(cfg.state) == "x" and out is None
+
+
+def test_decoder_finetune_keeps_encoder_and_latents(tmp_path):
+    from idsedit.mini.train import load_vae, read_json
+
+    state = tmp_path / "state"
+    train_mini("vae", tiny_cfg(state, 2), world=world, log=quiet)
+    before = load_tensors(state / "vae.safetensors")
+    train_mini("decoder", tiny_cfg(state, 2), world=world, log=quiet)
+    dec = load_tensors(state / "vae_decoder.safetensors")
+    assert dec and all(k.startswith(("decoder.", "post_quant_conv.")) for k in dec)
+    assert any(not torch.equal(dec[k], before[k]) for k in dec)  # the decoder moved
+    assert torch.equal(load_tensors(state / "vae.safetensors")["encoder.conv_in.weight"], before["encoder.conv_in.weight"])
+    cfg = tiny_cfg(state, 2)
+    full, enc_only = load_vae(cfg), load_vae(cfg, decoder=False)
+    k = next(iter(dec))
+    assert torch.equal(full.state_dict()[k], dec[k]) and torch.equal(enc_only.state_dict()[k], before[k])
+    assert read_json(state / "vae_decoder.json")["step"] == 2 and read_json(state / "vae.json")["step"] == 2

@@ -46,9 +46,11 @@ def training_record(state: Path) -> dict:
     from .train import read_json
 
     state = Path(state)
-    vae, unet, cfg = (read_json(state / n, {}) for n in ("vae.json", "unet.json", "config.json"))
+    vae, dec, unet, cfg = (read_json(state / n, {}) for n in ("vae.json", "vae_decoder.json", "unet.json",
+                                                               "config.json"))
     return {
         "vae": {k: vae.get(k) for k in ("step", "minutes", "val_psnr", "latent_std", "scaling_factor")},
+        "vae_decoder_finetune": {k: dec.get(k) for k in ("step", "minutes", "val_psnr")} if dec else None,
         "unet": {k: unet.get(k) for k in ("step", "minutes")},
         "unet_loss_history": unet.get("history", [])[-20:],
         "hardware": unet.get("hardware") or vae.get("hardware"),
@@ -64,7 +66,7 @@ from scratch by `python -m idsedit.mini.train` on idsedit's synthetic shapes wor
 captions such as "a red cube" or "a small red cube on a blue floor"). It exists so that idsedit
 runs offline out of the box; it knows nothing outside the shapes world.
 
-- VAE (AutoencoderKL) 64x64x3 <-> 16x16x4, scaling_factor {sf:.4f}; {vae_steps} steps, {vae_min:.1f} min; held-out PSNR {psnr:.2f} dB
+- VAE (AutoencoderKL) 64x64x3 <-> 16x16x4, scaling_factor {sf:.4f}; {vae_steps} steps, {vae_min:.1f} min{dec}; held-out PSNR {psnr:.2f} dB
 - UNet2DConditionModel + CLIPTextModel (EMA weights), {unet_steps} steps, {unet_min:.1f} min
 - Scheduler: SD 1.x (1000 steps, scaled_linear 0.00085-0.012, epsilon, steps_offset 1)
 - Hardware: {hw}
@@ -90,7 +92,10 @@ def export_pipeline(state: Path, out: Path, quality: dict | None = None) -> Path
     hw = record["hardware"] or {}
     (tmp / "README.md").write_text(README.format(
         sf=pipe.vae.config.scaling_factor, vae_steps=record["vae"]["step"], vae_min=record["vae"]["minutes"] or 0,
-        psnr=record["vae"]["val_psnr"] or float("nan"), unet_steps=record["unet"]["step"],
+        dec=(f" + decoder-only fine-tune {record['vae_decoder_finetune']['step']} steps, "
+             f"{record['vae_decoder_finetune']['minutes']:.1f} min" if record["vae_decoder_finetune"] else ""),
+        psnr=(record["vae_decoder_finetune"] or record["vae"])["val_psnr"] or float("nan"),
+        unet_steps=record["unet"]["step"],
         unet_min=record["unet"]["minutes"] or 0,
         hw=f"{hw.get('cpu')} ({hw.get('logical_cpus')} logical CPUs, {hw.get('torch_threads')} torch threads, "
            f"torch {hw.get('torch')})"))

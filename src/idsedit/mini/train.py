@@ -4,6 +4,7 @@ Usage::
 
     python -m idsedit.mini.train --stage vae  --minutes 20 --state train-state/
     python -m idsedit.mini.train --stage unet --minutes 90 --state train-state/
+    python -m idsedit.mini.train --stage decoder --minutes 30 --state train-state/   # optional, any time after vae
     python -m idsedit.mini.train --stage export --state train-state/ --out src/idsedit/assets/mini-sd
 
 Each call resumes from ``--state`` and stops after ``--minutes`` (or ``--max-steps``, or on SIGTERM /
@@ -16,6 +17,7 @@ State folder layout::
     config.json                model + training config (fixed at the first call)
     tokenizer/                 CLIPTokenizer folder
     vae.safetensors            VAE weights (fp32)        vae_opt.safetensors   AdamW moments (bf16)
+    vae_decoder.safetensors    fine-tuned decoder (optional; encoder and latents unchanged)
     unet.safetensors, text_encoder.safetensors          current weights (fp32)
     unet_ema.safetensors, text_encoder_ema.safetensors  EMA weights (fp32, exported)
     unet_opt.safetensors       AdamW moments (bf16)
@@ -42,7 +44,7 @@ import numpy as np
 from ..errors import IdseditError
 from .models import MiniModelConfig
 
-STAGES = ("vae", "unet", "export", "all")
+STAGES = ("vae", "decoder", "unet", "export", "all")
 
 
 @dataclass
@@ -245,8 +247,17 @@ def vae_psnr(vae, images: np.ndarray, batch: int = 64) -> float:
     return float(np.concatenate(out).mean())
 
 
-def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> dict:
-    """Train the AutoencoderKL: loss = L1 + MSE (pixels in [-1, 1]) + kl_weight * KL; resumes from state."""
+def decoder_keys(key: str) -> bool:
+    """True for VAE state-dict keys of the decoder side (decoder + post_quant_conv)."""
+    return key.startswith("decoder.") or key.startswith("post_quant_conv.")
+
+
+def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part: str = "vae") -> dict:
+    """Train the AutoencoderKL: loss = L1 + MSE (pixels in [-1, 1]) + kl_weight * KL; resumes from state.
+
+    ``part='decoder'`` fine-tunes only the decoder (+ post_quant_conv) on posterior samples of the frozen
+    encoder, saved apart (``vae_decoder.*``): the latents, hence a UNet trained on them, stay valid.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -255,14 +266,32 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> di
 
     torch.manual_seed(cfg.seed)
     train, val = scene_cache(cfg, world, "train", log), scene_cache(cfg, world, "val", log)
+    name, stream = ("vae", 0) if part == "vae" else ("vae_decoder", 10)
     vae = build_vae(cfg.model)
-    params = list(vae.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
-    meta = read_json(cfg.state / "vae.json", {"step": 0, "minutes": 0.0, "history": []})
-    if (cfg.state / "vae.safetensors").exists():
+    all_params = list(vae.parameters())
+    named = dict(vae.named_parameters())
+    if part == "decoder":
+        if not (cfg.state / "vae.safetensors").exists():
+            raise IdseditError(f"no trained VAE in {cfg.state}: run `python -m idsedit.mini.train --stage vae` first")
         vae.load_state_dict(load_tensors(cfg.state / "vae.safetensors"))
-        restore_optimizer(opt, params, load_tensors(cfg.state / "vae_opt.safetensors"), meta["step"])
-        log(f"resumed VAE at step {meta['step']} ({meta['minutes']:.1f} min)")
+        for k, p in named.items():
+            p.requires_grad_(decoder_keys(k))
+    params = [p for p in all_params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
+    meta = read_json(cfg.state / f"{name}.json", {"step": 0, "minutes": 0.0, "history": []})
+    if (cfg.state / f"{name}.safetensors").exists():
+        vae.load_state_dict(load_tensors(cfg.state / f"{name}.safetensors"), strict=part == "vae")
+        restore_optimizer(opt, params, load_tensors(cfg.state / f"{name}_opt.safetensors"), meta["step"])
+        log(f"resumed {name} at step {meta['step']} ({meta['minutes']:.1f} min)")
+    elif part == "decoder":  # continue the VAE's own Adam moments for the decoder parameters (no warm-up)
+        full = load_tensors(cfg.state / "vae_opt.safetensors")
+        index = {id(p): i for i, p in enumerate(all_params)}
+        sub = {f"{j}.{m}": full[f"{index[id(p)]}.{m}"] for j, p in enumerate(params) for m in ("m", "v")
+               if f"{index[id(p)]}.{m}" in full}
+        vae_step = read_json(cfg.state / "vae.json")["step"]
+        restore_optimizer(opt, params, sub, vae_step)
+        meta["start_lr_step"] = vae_step
+    lr_offset = meta.get("start_lr_step", 0)
     start_step, t0 = meta["step"], time.time()
     last_save, loss_avg = t0, None
 
@@ -273,25 +302,31 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> di
         meta["val_psnr"] = vae_psnr(vae, val.images)
         vae.train()
         meta["hardware"] = hardware()
-        save_tensors(cfg.state / "vae.safetensors", vae.state_dict())
-        save_tensors(cfg.state / "vae_opt.safetensors", optimizer_tensors(opt, params))
-        write_json(cfg.state / "vae.json", meta)
-        log(f"vae step {meta['step']} loss {loss_avg:.4f} val PSNR {meta['val_psnr']:.2f} dB "
+        state = vae.state_dict()
+        if part == "decoder":
+            state = {k: v for k, v in state.items() if decoder_keys(k)}
+        save_tensors(cfg.state / f"{name}.safetensors", state)
+        save_tensors(cfg.state / f"{name}_opt.safetensors", optimizer_tensors(opt, params))
+        write_json(cfg.state / f"{name}.json", meta)
+        log(f"{name} step {meta['step']} loss {loss_avg:.4f} val PSNR {meta['val_psnr']:.2f} dB "
             f"({meta['minutes']:.1f} min) saved")
 
     save.t = t0
     vae.train()
-    bar = tqdm(desc="vae", unit="step", initial=start_step, file=sys.stderr, mininterval=10)
+    bar = tqdm(desc=name, unit="step", initial=start_step, file=sys.stderr, mininterval=10)
     while _keep_going(cfg, meta["step"], t0):
         step = meta["step"]
-        idx = step_rng(cfg.seed, step, 0).integers(len(train), size=cfg.vae_batch)
+        idx = step_rng(cfg.seed, step, stream).integers(len(train), size=cfg.vae_batch)
         x = images_to_tensor(train.images[idx])  # (B, 3, 64, 64)
-        post = vae.encode(x).latent_dist
-        z = post.sample(generator=torch_gen(cfg.seed, step, 1))  # (B, 4, 16, 16)
+        with torch.set_grad_enabled(part == "vae"):
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=torch_gen(cfg.seed, step, stream + 1))  # (B, 4, 16, 16)
         rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + cfg.vae_kl_weight * post.kl().mean()
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        if part == "vae":
+            loss = loss + cfg.vae_kl_weight * post.kl().mean()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.vae_lr, cfg.warmup_steps)
+            g["lr"] = lr_at(step + lr_offset, cfg.vae_lr, cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -333,8 +368,11 @@ def _keep_going(cfg: TrainConfig, step: int, t0: float) -> bool:
 # ----------------------------------------------------------------------------- UNet stage
 
 
-def load_vae(cfg: TrainConfig):
-    """The trained VAE from the state folder, with its scaling factor (1 / latent std) if measured."""
+def load_vae(cfg: TrainConfig, decoder: bool = True):
+    """The trained VAE from the state folder, with its scaling factor (1 / latent std) if measured.
+
+    ``decoder=True`` uses the fine-tuned decoder (``vae_decoder.safetensors``) when there is one.
+    """
     from .models import build_vae
 
     path = cfg.state / "vae.safetensors"
@@ -343,6 +381,8 @@ def load_vae(cfg: TrainConfig):
     sf = read_json(cfg.state / "vae.json", {}).get("scaling_factor", 1.0)
     vae = build_vae(cfg.model, scaling_factor=sf)
     vae.load_state_dict(load_tensors(path))
+    if decoder and (cfg.state / "vae_decoder.safetensors").exists():  # fine-tuned decoder (same latents)
+        vae.load_state_dict(load_tensors(cfg.state / "vae_decoder.safetensors"), strict=False)
     return vae.eval().requires_grad_(False)
 
 
@@ -365,7 +405,7 @@ def latent_cache(cfg: TrainConfig, world, log: Callable[[str], None]):
             mean, std, ids = f["mean"], f["std"], f["ids"]
     else:
         train = scene_cache(cfg, world, "train", log)
-        vae = load_vae(cfg)
+        vae = load_vae(cfg, decoder=False)
         mean = np.empty((len(train), cfg.model.latent_channels, cfg.model.latent_size, cfg.model.latent_size),
                         np.float16)
         std = np.empty_like(mean)
@@ -501,7 +541,8 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
 
 def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None,
                log: Callable[[str], None] | None = None) -> dict:
-    """Run one stage ('vae', 'unet', 'export' or 'all' = vae then unet then export) on ``cfg.state``.
+    """Run one stage on ``cfg.state``: 'vae', 'decoder' (decoder-only fine-tune), 'unet', 'export', or
+    'all' (vae, unet, export).
 
     For 'all', ``cfg.minutes`` is split: VAE gets 15%, the UNet the rest.
     """
@@ -523,6 +564,8 @@ def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None
     result = {}
     if stage == "vae":
         result["vae"] = train_vae(cfg, world, log)
+    elif stage == "decoder":
+        result["decoder"] = train_vae(cfg, world, log, part="decoder")
     elif stage == "unet":
         result["unet"] = train_unet(cfg, world, log)
     elif stage == "all":
