@@ -134,6 +134,9 @@ def test_table_targets_and_merge():
     assert line.startswith("MET")
     slow = bench.compare_official({**ok, "s_per_step": 60.0})
     assert bench.check_targets([slow])[0].startswith("MISSED")
+    one_thread = bench.compare_official({**ok, "threads": 1, "s_per_step": 100.0, "cpu_s_per_step": 29.0})
+    assert one_thread["speedup_bound"] == pytest.approx(87.4 / 29.0)
+    assert "lower bound" in bench.check_targets([one_thread])[0] and "x" in bench.format_table([one_thread])
     merged = bench.merge_results({"rows": [dict(ok, s_per_step=1.0), dict(ok, method="dds")]}, [row])
     assert [(r["method"], r["s_per_step"]) for r in merged] == [("dds", 20.0), ("ids", 20.0)]
 

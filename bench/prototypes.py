@@ -1,0 +1,121 @@
+"""Prototypes of core speed-ups, measured by monkeypatching (the core files are not edited here).
+
+cds_split: CDS (and IDS+CUT) run the conditional TARGET branch twice: once without grad inside the batch-4 CFG call
+(for the DDS term) and once with grad for the PatchNCE features, on the same z_t_trg. Here the CFG call is split into
+a batch-3 call without grad [uncond src, uncond trg, cond src] and one batch-1 call WITH grad [cond trg] whose output
+gives eps_c(z_t_trg) (detached) and whose attn1 features feed PatchNCE: 4 samples per step instead of 5.
+
+    .venv/bin/python bench/prototypes.py --shape medium --threads 1 --steps 2 --warmup 1
+
+prints, per variant (core vs prototype), wall and CPU seconds per step and UNet samples per step, and the relative
+difference of the update (should be float rounding: ~1e-6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+import idsedit.diffusion as D
+from idsedit import bench
+from idsedit.distill import METHODS, DistillOutput, MethodSpec
+from idsedit.distill.cds import capture_outputs, cut_loss, self_attention_layers, token_grid
+
+
+def split_cfg_with_target_features(prior, z_t_src, z_trg, noise_trg, t, cond_src, cond_trg, guidance, layers):
+    """(eps^w(z_t_trg) - eps^w(z_t_src) detached, source cond features, target cond features WITH grad).
+
+    z_t_trg = add_noise(z_trg, noise_trg) is built inside, with grad to z_trg. Two UNet calls: 3 samples without
+    grad, 1 sample with grad.
+    """
+    ab = prior.alpha_bar(t, z_trg.ndim)
+    b = z_t_src.shape[0]
+    emb = lambda c, r: c.embeds[r:r + 1].expand(b, -1, -1)
+    with torch.no_grad(), capture_outputs(prior.unet, layers) as feats:
+        z3 = torch.cat([z_t_src, D.add_noise(z_trg.detach(), noise_trg, ab), z_t_src])     # (3B, C, H, W)
+        tt3 = D.timesteps_like(t, b, prior.device).repeat(3)
+        out3 = prior.to_eps(prior.model_output(z3, tt3, torch.cat([emb(cond_src, 0), emb(cond_trg, 0),
+                                                                    emb(cond_src, 1)])), z3, D.gather(prior.alphas_cumprod, tt3, 4))
+    refs = {n: f[2 * b:3 * b].detach() for n, f in feats.items()}
+    with torch.enable_grad(), capture_outputs(prior.unet, layers) as feats_t:
+        z_t_trg = D.add_noise(z_trg, noise_trg, ab)
+        tt1 = D.timesteps_like(t, b, prior.device)
+        out1 = prior.to_eps(prior.model_output(z_t_trg, tt1, emb(cond_trg, 1)), z_t_trg, ab)
+    eps_u_src, eps_u_trg, eps_c_src = out3.split(b)
+    grad = D.cfg(eps_u_trg, out1.detach(), guidance) - D.cfg(eps_u_src, eps_c_src, guidance)
+    return grad.detach(), refs, dict(feats_t)
+
+
+def cds_split(prior, z_src, z_trg, t, noise, cond_src, cond_trg, cfg, sampler) -> DistillOutput:
+    ab = prior.alpha_bar(t, z_trg.ndim)
+    layers = self_attention_layers(prior.unet)
+    z_t_src = D.add_noise(z_src, noise, ab)
+    grad, refs, feats = split_cfg_with_target_features(prior, z_t_src, z_trg, noise, t, cond_src, cond_trg,
+                                                       cfg.guidance, layers)
+    hw = tuple(z_trg.shape[-2:])
+    with torch.enable_grad():
+        loss = sum(cut_loss(refs[n], feats[n], token_grid(feats[n].shape[1], hw), cfg, sampler) for n in layers)
+    aux = cfg.cut_weight * loss
+    return DistillOutput(grad=grad, aux_loss=aux, info={"cut_loss": float(aux.detach())})
+
+
+def compare(prior, z_src, conds, steps, warmup):
+    """Core cds vs cds_split: timing rows and the relative difference of one update on the same draw."""
+    from idsedit.distill import DistillConfig
+    from idsedit.loop import StepDraw, distill_step
+    from idsedit.rng import Sampler
+
+    rows = []
+    core = METHODS["cds"]
+    for name, fn in (("core", core.fn), ("split", cds_split)):
+        METHODS["cds"] = MethodSpec("cds", fn, core.summary)
+        try:
+            r = bench.time_edit(prior, "cds", z_src, *conds, steps=steps, warmup=warmup)
+        finally:
+            METHODS["cds"] = core
+        rows.append({"variant": name, **{k: r[k] for k in ("s_per_step", "cpu_s_per_step", "unet_forward_per_step",
+                                                           "unet_samples_per_step", "unet_backward_per_step")}})
+    grads = []
+    g = torch.Generator().manual_seed(1)
+    draw = StepDraw(torch.tensor([500]), torch.randn(z_src.shape, generator=g))
+    z0 = z_src + 0.1 * torch.randn(z_src.shape, generator=g)
+    for fn in (core.fn, cds_split):
+        METHODS["cds"] = MethodSpec("cds", fn, core.summary)
+        try:
+            z = z0.clone().requires_grad_(True)
+            loss, _ = distill_step(prior, "cds", z_src, z, draw, *conds, DistillConfig(), Sampler.seeded(0))
+            loss.backward()
+            grads.append(z.grad)
+        finally:
+            METHODS["cds"] = core
+    rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
+    return rows, rel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="medium")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=512)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from idsedit.edit2d import image_to_tensor
+    from idsedit.models_from_config import build_prior
+
+    prior = build_prior(args.shape)
+    z_src = prior.encode(image_to_tensor(bench.make_image(args.image_size)))
+    conds = prior.encode_text(bench.SRC_PROMPT), prior.encode_text(bench.TRG_PROMPT)
+    prior.release_text_encoders()
+    load = bench.load_average()
+    rows, rel = compare(prior, z_src, conds, args.steps, args.warmup)
+    print(json.dumps({"shape": args.shape, "threads": args.threads, "load_before": load,
+                      "load_after": bench.load_average(), "rows": rows, "update_rel_diff": rel}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
