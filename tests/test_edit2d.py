@@ -86,3 +86,11 @@ def test_bad_settings_fail_with_clear_errors(tiny_prior):
         DistillConfig(fpr_mode="fast")
     with pytest.raises(IdseditError, match="empty"):
         edit_image(tiny_prior, image(), "", "a blue cube", EditConfig(steps=1), progress=False)
+
+
+def test_sd15_equivalent_lr_keeps_the_per_element_step():
+    from idsedit.edit2d import sd15_equivalent_lr
+
+    assert sd15_equivalent_lr((64, 64)) == 0.1
+    # 2000 / (H W) * lr is the per-element step size: equal for 16x16 and 64x64
+    assert 2000 / (16 * 16) * sd15_equivalent_lr((16, 16)) == pytest.approx(2000 / (64 * 64) * 0.1)

@@ -134,7 +134,7 @@ def test_official_trajectory_with_global_rng(tiny_prior, conds, parity, method):
 
     torch.manual_seed(0)
     np.random.seed(0)
-    edit_latents(tiny_prior, parity["A.z_src"], *conds, EditConfig(method=method, steps=3, seed=None),
+    edit_latents(tiny_prior, parity["A.z_src"], *conds, EditConfig(method=method, steps=3, seed=None, lr=0.1),
                  callback=record)
     assert ts == parity[f"{key}.t"].tolist()
     for i, e in enumerate(epss):

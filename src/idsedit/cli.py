@@ -120,7 +120,8 @@ def add_edit_arguments(p: argparse.ArgumentParser, with_defaults: bool = False) 
     g.add_argument("--guidance", metavar="W", type=_float(positive=True),
                    help="classifier-free guidance scale" + _d(d, "guidance"))
     g.add_argument("--lr", metavar="LR", type=_float(positive=True),
-                   help="SGD learning rate on the latent" + _d(e, "lr"))
+                   help="SGD learning rate on the latent (default: 0.1 x latent area / 64^2: the official 0.1 "
+                        "for SD 1.5 at 512x512, the same per-element step at other sizes)")
     g.add_argument("--seed", metavar="S", type=int,
                    help="random seed of the timestep and noise draws" + _d(e, "seed"))
     g.add_argument("--fpr-iters", metavar="N", type=_int_at_least(0),

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="dds,ids", help="comma-separated methods to compare (default: dds,ids)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per edit (default: 200)")
     p.add_argument("--scene-seed", type=int, default=3, help="seed of the random scene layout (default: 3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate (default: 0.1 scaled to the latent size as SD 1.5 at 512 px: "
+                        "0.00625 for the mini prior's 16x16 latents)")
     p.add_argument("--seed", type=int, default=0, help="seed of the edit's noise draws (default: 0)")
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled mini prior)")
     p.add_argument("--out", default="idsedit-demo", help="output folder (default: ./idsedit-demo)")
@@ -52,9 +55,10 @@ def cli_main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    configs = {m: EditConfig(method=m, steps=args.steps, seed=args.seed) for m in methods}
     case = demo_case(args.shape, args.color, args.target_color, args.scene_seed)
     prior = load_prior(args.model)
+    lr = args.lr
+    configs = {m: EditConfig(method=m, steps=args.steps, seed=args.seed, lr=lr) for m in methods}
     if not args.quiet:
         print(f"model: {prior.name}\nedit: \"{case.source_prompt}\" -> \"{case.target_prompt}\", "
               f"{args.steps} steps, methods: {', '.join(methods)}")

@@ -35,7 +35,8 @@ class EditConfig:
 
     method: str = "ids"             # sds | dds | cds | pds | ids
     steps: int = 200                # optimisation steps
-    lr: float = 0.1                 # SGD learning rate on the latent
+    lr: float | None = None         # SGD learning rate; None: 0.1 * (H_lat W_lat) / 64^2, i.e. the official 0.1
+                                    # for SD 1.5 at 512x512 and the same per-element step at other latent sizes
     seed: int | None = 0            # seed of the step draws; None = global RNGs, the official code's behaviour
     t_min: int = T_MIN              # t ~ U{t_min, ..., t_max - 1}
     t_max: int = T_MAX
@@ -50,7 +51,7 @@ class EditConfig:
             raise IdseditError(f"--steps must be >= 1, got {self.steps}")
         if not 0 <= self.t_min < self.t_max <= 1000:
             raise IdseditError(f"timestep range [{self.t_min}, {self.t_max}) must lie inside [0, 1000)")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise IdseditError(f"--lr must be > 0, got {self.lr}")
 
 
@@ -87,6 +88,24 @@ class InvertResult:
     latent_psnr: float  # dB, z after A->B->A vs z_src, peak = max |z_src|
 
 
+SD15_LATENT_AREA = 64 * 64  # SD 1.5 at 512x512
+
+
+def sd15_equivalent_lr(latent_hw: tuple[int, int], lr: float = 0.1) -> float:
+    """The learning rate that gives a latent of size latent_hw the same per-element step as SD 1.5 at 512x512.
+
+    The official loss divides by H*W (2000 / (H W)), so with lr fixed the step per element grows as the latent
+    shrinks: 16x16 latents (the mini prior) would move 16x further per step than SD 1.5's 64x64. Scaling
+    lr by (H W) / 64^2 undoes that.
+    """
+    return lr * latent_hw[0] * latent_hw[1] / SD15_LATENT_AREA
+
+
+def resolved_lr(config: EditConfig, z_src: Tensor) -> float:
+    """config.lr, or the SD-1.5-equivalent learning rate for z_src's size when it is None."""
+    return config.lr if config.lr is not None else sd15_equivalent_lr(tuple(z_src.shape[-2:]))
+
+
 def image_to_tensor(img: Image.Image) -> Tensor:
     """PIL RGB -> (1, 3, H, W) float in [0, 1]."""
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
@@ -118,7 +137,7 @@ def edit_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *
     """
     sampler = sampler if sampler is not None else Sampler.seeded(config.seed)
     z_trg = z_src.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([z_trg], lr=config.lr)
+    opt = torch.optim.SGD([z_trg], lr=resolved_lr(config, z_src))
     steps = range(config.steps)
     if progress:
         from tqdm.auto import tqdm
@@ -182,9 +201,9 @@ def edit_image(prior, image: Image.Image, source: str, target: str, config: Edit
     t3 = time.perf_counter()
     calls = {k: v - calls0[k] for k, v in prior.calls.snapshot().items()}
     calls.update({f"{k}_per_step": calls[k] / config.steps for k in ("forward", "backward", "samples")})
-    diagnostics = {}
+    diagnostics = {"lr": resolved_lr(config, z_src)}
     if fpr_first:
-        diagnostics = {"fpr_residual_first_mean": float(np.mean(fpr_first)),
+        diagnostics |= {"fpr_residual_first_mean": float(np.mean(fpr_first)),
                        "fpr_residual_last_mean": float(np.mean(fpr_last)),
                        "fpr_updates_mean": float(np.mean(fpr_updates))}
     return EditResult(image=edited, source_image=image, latent=z, source_latent=z_src, config=config, source=source,

@@ -144,6 +144,9 @@ def add_arguments(p) -> None:
     p.add_argument("--case-seed", type=int, default=0, help="seed of the cases (default: 0)")
     p.add_argument("--methods", default="dds,ids", help="comma-separated methods (default: dds,ids)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per edit (default: 200)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate (default: 0.1 scaled to the latent size as SD 1.5 at 512 px: "
+                        "0.00625 for the mini prior's 16x16 latents)")
     p.add_argument("--seed", type=int, default=0, help="seed of each edit's noise draws (default: 0)")
     p.add_argument("--fpr-mode", default="exact", help="FPR mode for IDS (default: exact)")
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled mini prior)")
@@ -163,10 +166,11 @@ def cli_main(args) -> int:
     if args.n < 1:
         raise IdseditError(f"--n must be >= 1, got {args.n}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    configs = {m: EditConfig(method=m, steps=args.steps, seed=args.seed, distill=DistillConfig(fpr_mode=args.fpr_mode))
-               for m in methods}
     cases = colour_edit_cases(args.n, args.case_seed)
     prior = load_prior(args.model)
+    lr = args.lr
+    configs = {m: EditConfig(method=m, steps=args.steps, seed=args.seed, lr=lr,
+                             distill=DistillConfig(fpr_mode=args.fpr_mode)) for m in methods}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, list] = {}
