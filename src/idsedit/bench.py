@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -88,6 +89,8 @@ VARIANTS = {
     "fast": Variant("fast", "sdpa", True),
     "baseline": Variant("baseline", "explicit", False),
     "fast-keep-te": Variant("fast-keep-te", "sdpa", False),   # diagnostic: what releasing the text encoder saves
+    # prototype of a proposed core change (docs/benchmarks.md): exact fp32 forward, attention backward in bf16
+    "fast-bf16-bwd": Variant("fast-bf16-bwd", "sdpa-bf16-backward", True),
 }
 
 
@@ -106,6 +109,7 @@ class CaseSpec:
     image_size: int = 512           # square input image; the latent is image_size / 8
     seed: int = 0                   # model seed (s, s+1, s+2) and edit seed
     tokenizer: str | None = None    # CLIP tokenizer folder (default: the parity fixture's)
+    omp_wait_policy: str | None = None  # OMP_WAIT_POLICY of the worker (PASSIVE | ACTIVE); None: inherited
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -143,10 +147,64 @@ def make_image(size: int = 512, seed: int = 0):
 
 
 def set_attention(unet, kind: str) -> None:
-    """Attention processors: ``sdpa`` (AttnProcessor2_0) or ``explicit`` (AttnProcessor, the official code's)."""
+    """Attention processors: ``sdpa`` (AttnProcessor2_0), ``explicit`` (AttnProcessor, the official code's) or
+    ``sdpa-bf16-backward`` (:class:`Bf16BackwardSDPAProcessor`, a prototype)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+    make = {"sdpa": AttnProcessor2_0, "explicit": AttnProcessor, "sdpa-bf16-backward": Bf16BackwardSDPAProcessor}
+    unet.set_attn_processor(make[kind]())
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_backward_sdpa():
+    """Flash attention with the exact forward in the inputs' dtype and the BACKWARD kernel in bf16 (an
+    autograd.Function, built once; torch is imported lazily so `idsedit --help` stays fast).
+
+    On CPU at head size 8 (the medium shape) torch's fp32 flash backward is 3.7x its forward; the bf16 backward
+    kernel is 2.7x faster (one thread, (2, 8, 4096, 8): 1.24 s -> 0.45 s). The fp32 logsumexp is reused.
+    """
+    import torch
+
+    class Bf16BackwardSDPA(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, dout):
+            q, k, v, out, lse = ctx.saved_tensors
+            b = torch.bfloat16
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                dout.to(b), q.to(b), k.to(b), v.to(b), out.to(b), lse, 0.0, False)
+            return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+    return Bf16BackwardSDPA
+
+
+class Bf16BackwardSDPAProcessor:
+    """Prototype attention processor (SD-style attention, CPU): fp32 SDPA forward, bf16 flash backward when a
+    gradient is needed (the exact-FPR UNet backward); plain SDPA otherwise."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        import torch
+        import torch.nn.functional as F
+
+        if hidden_states.ndim != 3 or attn.group_norm is not None or attn.spatial_norm is not None \
+                or attn.residual_connection or attention_mask is not None:
+            raise NotImplementedError("Bf16BackwardSDPAProcessor handles plain SD transformer attention only")
+        b = hidden_states.shape[0]
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
+        h = attn.heads
+        q, k, v = (x.view(b, -1, h, x.shape[-1] // h).transpose(1, 2) for x in (q, k, v))   # (B, h, N, d)
+        if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            o = _bf16_backward_sdpa().apply(q, k, v)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)
+        o = o.transpose(1, 2).reshape(b, -1, o.shape[1] * o.shape[-1])                           # (B, N, C)
+        return attn.to_out[1](attn.to_out[0](o)) / attn.rescale_output_factor
 
 
 @contextmanager
@@ -278,7 +336,8 @@ def _run_case(spec: CaseSpec, variant: Variant, prior) -> dict:
 
     row = {"shape": spec.shape, "method": spec.method, "variant": spec.variant, "device": spec.device,
            "dtype": spec.dtype, "threads": spec.threads, "steps": spec.steps, "warmup": spec.warmup,
-           "image_size": spec.image_size, "load_before": load_average()}
+           "image_size": spec.image_size, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "load_before": load_average()}
     t0 = time.perf_counter()
     if prior is None:
         prior = build_prior(spec.shape, device=spec.device, dtype=spec.dtype, seed=spec.seed,
@@ -304,9 +363,7 @@ def _run_case(spec: CaseSpec, variant: Variant, prior) -> dict:
         row["cuda_allocated_before_loop_mib"] = round(torch.cuda.memory_allocated(prior.device) / 2**20, 1)
     row.update(time_edit(prior, spec.method, z_src, cond_src, cond_trg, steps=spec.steps, warmup=spec.warmup,
                          seed=spec.seed))
-    loop_peak = peak_rss_mib()
-    row["loop_peak_rss_mib"] = loop_peak if reset_ok else None
-    row["peak_rss_mib"] = max(row["setup_peak_rss_mib"], loop_peak)
+    row["loop_peak_rss_mib"] = peak_rss_mib() if reset_ok else None
     if prior.device.type == "cuda":
         row["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(prior.device) / 2**20, 1)
         row["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved(prior.device) / 2**20, 1)
@@ -315,6 +372,7 @@ def _run_case(spec: CaseSpec, variant: Variant, prior) -> dict:
     prior.decode(z_src)
     _sync(prior.device)
     row["decode_s"] = round(time.perf_counter() - t2, 3)
+    row["peak_rss_mib"] = max(row["setup_peak_rss_mib"], peak_rss_mib())   # setup, then loop + decode
     row["s_per_edit"] = EDIT_STEPS * row["s_per_step"] + row["encode_s"] + row["decode_s"]
     if spec.steps >= EDIT_STEPS:
         row["s_per_edit_measured"] = sum(row["s_steps"]) + row["encode_s"] + row["decode_s"]
@@ -365,6 +423,8 @@ def run_in_subprocess(spec: CaseSpec, timeout: float | None = None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(spec.threads), MKL_NUM_THREADS=str(spec.threads),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
                PYTHONWARNINGS="ignore")
+    if spec.omp_wait_policy:  # read once, when the OpenMP runtime starts: must be set before the worker imports torch
+        env["OMP_WAIT_POLICY"] = spec.omp_wait_policy
     with tempfile.TemporaryDirectory(prefix="idsedit-bench-") as tmp:
         out, err = Path(tmp) / "row.json", Path(tmp) / "stderr.txt"
         cmd = [sys.executable, "-m", "idsedit.bench", "--worker", json.dumps(dataclasses.asdict(spec)),
@@ -386,6 +446,10 @@ def run_in_subprocess(spec: CaseSpec, timeout: float | None = None) -> dict:
         row = json.loads(out.read_text())
     kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss
     row["child_maxrss_mib"] = round(kib / 1024, 1)
+    if "peak_rss_mib" in row:  # the kernel's mark at exit also covers the worker's last moments
+        row["peak_rss_mib"] = max(row["peak_rss_mib"], row["child_maxrss_mib"])
+        if row.get("device", "cpu") == "cpu":
+            row["peak_mem_mib"] = row["peak_rss_mib"]
     row["process_wall_s"] = round(wall, 1)
     return row
 
@@ -440,6 +504,11 @@ TABLE_HEADER = ["shape", "method", "path", "threads", "s/step", "cpu s/step", "s
                 "load (1 min)"]
 
 
+def _threads(r: dict) -> str:
+    """Threads, with "p" when the OpenMP wait policy was PASSIVE."""
+    return f"{r.get('threads', '')}{'p' if r.get('omp_wait_policy') == 'PASSIVE' else ''}"
+
+
 def table_rows(rows: list[dict]) -> list[list[str]]:
     out = []
     for r in rows:
@@ -450,7 +519,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         calls = (f"{r['unet_forward_per_step']:g} / {r['unet_samples_per_step']:g} / "
                  f"{r['unet_backward_per_step']:g}")
         nd = 3 if r["s_per_step"] < 1 else 2
-        out.append([r["shape"], r["method"], r["variant"], str(r.get("threads", "")), _fmt(r["s_per_step"], nd), _fmt(r["cpu_s_per_step"], nd),
+        out.append([r["shape"], r["method"], r["variant"], _threads(r), _fmt(r["s_per_step"], nd), _fmt(r["cpu_s_per_step"], nd),
                     _fmt(r.get("s_per_edit_measured", r["s_per_edit"]), 0 if r["s_per_edit"] > 10 else 1), calls, _fmt(r["peak_mem_mib"], 0),
                     _fmt(r.get("official_s_per_step")), _fmt(r.get("speedup"), 2, "x"),
                     _fmt(r.get("speedup_bound"), 2, "x"),
@@ -490,9 +559,10 @@ def machine_info() -> dict:
 
 
 def merge_results(old: dict | None, new_rows: list[dict]) -> list[dict]:
-    """Rows of ``old`` not re-measured, then the new rows (key: shape, method, path, device, dtype, threads)."""
+    """Rows of ``old`` not re-measured, then the new rows (key: shape, method, path, device, dtype, threads, OpenMP
+    wait policy)."""
     key = lambda r: (r["shape"], r["method"], r["variant"], r.get("device", "cpu"), r.get("dtype", "fp32"),
-                     r.get("threads"))
+                     r.get("threads"), r.get("omp_wait_policy"))
     fresh = {key(r) for r in new_rows}
     kept = [r for r in (old or {}).get("rows", []) if key(r) not in fresh]
     return kept + new_rows
@@ -508,19 +578,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps before the measured ones")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
+    parser.add_argument("--threads-filter", default=None, help="with --from-json: only rows with these threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default fp32 on CPU, fp16 on CUDA)")
     parser.add_argument("--image-size", type=int, default=512, help="input image side (latent side = size / 8)")
     parser.add_argument("--baseline", action="store_true",
                         help="also measure the straightforward path (explicit attention, text encoder kept)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated paths to measure: fast, baseline, fast-keep-te (SDPA, text encoder kept)")
+                        help="comma-separated paths to measure: fast, baseline, fast-keep-te (SDPA, text encoder "
+                             "kept), fast-bf16-bwd (prototype: attention backward in bf16)")
     parser.add_argument("--json", dest="json_out", default=None, help="write rows + machine info to this JSON file")
     parser.add_argument("--merge", action="store_true", help="with --json: keep the file's rows not re-measured")
     parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder (default: the parity fixture's)")
+    parser.add_argument("--omp-wait-policy", default=None, choices=["PASSIVE", "ACTIVE"],
+                        help="OMP_WAIT_POLICY of the workers (PASSIVE: waiting threads sleep instead of spinning; "
+                             "much faster when other processes share the cores)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per case (default: none)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every case in this process (faster; peak memory is then not per case)")
+    parser.add_argument("--from-json", default=None,
+                        help="measure nothing: print the table of a results file written by --json")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
 
@@ -543,7 +621,8 @@ def specs_from_args(args) -> list[CaseSpec]:
         raise IdseditError("--steps must be >= 1, --warmup >= 0 and --threads >= 1")
     dtype = args.dtype or ("fp32" if args.device == "cpu" else "fp16")
     return [CaseSpec(shape=s, method=m, variant=v, steps=args.steps, warmup=args.warmup, threads=args.threads,
-                     device=args.device, dtype=dtype, image_size=args.image_size, tokenizer=args.tokenizer)
+                     device=args.device, dtype=dtype, image_size=args.image_size, tokenizer=args.tokenizer,
+                     omp_wait_policy=args.omp_wait_policy)
             for s in shapes for m in methods for v in variants]
 
 
@@ -551,6 +630,14 @@ def cli_main(args) -> int:
     """Run the benchmark, print the table, optionally write JSON. Returns the exit code."""
     if args.worker:
         return worker_main(args.worker, args.worker_out)
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())["rows"]
+        keep = lambda r, field, flag: flag is None or str(r.get(field)) in flag.split(",")
+        rows = [r for r in rows if keep(r, "shape", args.shapes) and keep(r, "threads", args.threads_filter)]
+        print(format_table(rows, markdown=args.markdown))
+        for line in check_targets(rows):
+            print(line)
+        return 0
     specs = specs_from_args(args)
     command = "idsedit bench " + " ".join(a for a in sys.argv[1:] if a != "bench")
     old = None
