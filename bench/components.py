@@ -2,6 +2,7 @@
 "medium_components": one batch-4 CFG forward, and one FPR iteration = batch-2 forward + backward).
 
     .venv/bin/python bench/components.py --shape medium --threads 1 --variants explicit,sdpa,sdpa-cl,sdpa-bf16
+    .venv/bin/python bench/components.py --variants sdpa --parts fpr --repeat 1 --profile   # where the time goes
 
 Prints wall and CPU seconds (median of --repeat after one warm-up) with os.getloadavg(); with one thread the CPU
 seconds are the work itself, robust to other processes on the machine. Each variant runs in this process (memory
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--parts", default="fwd4,fpr,fpr-jf")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of each part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prior = build_prior(args.shape)
@@ -77,6 +79,13 @@ def main():
         for part in args.parts.split(","):
             load = bench.load_average()
             wall, cpu = timed(parts[part], args.repeat)
+            if args.profile:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    parts[part]()
+                print(f"# {variant} {part}")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=60))
             row = {"shape": args.shape, "variant": variant, "part": part, "threads": args.threads,
                    "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "load_before": load,
                    "load_after": bench.load_average()}

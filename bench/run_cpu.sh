@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The CPU measurements of docs/benchmarks.md (fp32, 512x512 image -> 64x64 latent, random-weight models).
 # Each (shape, method, path) runs in its own subprocess; rows are merged into bench/results-cpu.json.
-# Usage: bench/run_cpu.sh [part ...]   parts: medium2 medium2p medium1 keepte tiny2 tiny2p tiny1 (default: all, in that order)
+# Usage: bench/run_cpu.sh [part ...]   parts: medium2 medium2p medium1 keepte bf16bwd tiny2 tiny2p tiny1 (default: all, in that order)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 J=${J:-bench/results-cpu.json}
 bench() { echo "+ idsedit bench $*  # load $(cut -d' ' -f1-3 /proc/loadavg)"; "$PY" -m idsedit.bench "$@" --json "$J" --merge; }
-parts=${*:-medium2 medium2p medium1 keepte tiny2 tiny2p tiny1}
+parts=${*:-medium2 medium2p medium1 keepte bf16bwd tiny2 tiny2p tiny1}
 for part in $parts; do
   case $part in
     # the reference setting: 2 torch threads, fast path
@@ -21,6 +21,8 @@ for part in $parts; do
              bench --shapes medium --methods dds,ids --variants baseline --threads 1 --steps 2 --warmup 1 ;;
     # memory attribution: the fast path with the text encoder kept (1 step, timing not meaningful)
     keepte)  bench --shapes medium --methods dds,ids --variants fast-keep-te --threads 1 --steps 1 --warmup 0 ;;
+    # prototype of a proposed core change: attention backward in bf16 (exact fp32 forward)
+    bf16bwd) bench --shapes medium --methods ids,cds,ids+cut --variants fast-bf16-bwd --threads 1 --steps 2 --warmup 1 ;;
     tiny2)   bench --shapes tiny --baseline --threads 2 --steps 3 --warmup 1 ;;
     tiny1)   bench --shapes tiny --baseline --threads 1 --steps 3 --warmup 1 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;

@@ -382,9 +382,12 @@ def _run_case(spec: CaseSpec, variant: Variant, prior) -> dict:
 
 
 def compare_official(row: dict) -> dict:
-    """Add the official figures (CPU fp32 shapes only), the speed-up and the memory ratio to a row."""
+    """Add the official figures, the speed-up and the memory ratio to a row measured in the official setting
+    (CPU, fp32, 512x512 input); other rows are returned unchanged."""
     ref = OFFICIAL_CPU.get(row["shape"], {}).get(OFFICIAL_KEY.get(row["method"], ""))
-    if ref is None or row.get("device", "cpu") != "cpu" or row.get("error"):
+    official_setting = (row.get("device", "cpu"), row.get("dtype", "fp32"), row.get("image_size", 512)) == \
+        ("cpu", "fp32", 512)
+    if ref is None or not official_setting or row.get("error"):
         return row
     row["official_method"] = OFFICIAL_KEY[row["method"]]
     row["official_s_per_step"] = ref["s_per_step"]
@@ -578,7 +581,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps before the measured ones")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
-    parser.add_argument("--threads-filter", default=None, help="with --from-json: only rows with these threads")
+    parser.add_argument("--threads-filter", default=None,
+                        help="with --from-json: only rows with these threads (--shapes, --variants and "
+                             "--omp-wait-policy filter too)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default fp32 on CPU, fp16 on CUDA)")
     parser.add_argument("--image-size", type=int, default=512, help="input image side (latent side = size / 8)")
@@ -633,7 +638,8 @@ def cli_main(args) -> int:
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())["rows"]
         keep = lambda r, field, flag: flag is None or str(r.get(field)) in flag.split(",")
-        rows = [r for r in rows if keep(r, "shape", args.shapes) and keep(r, "threads", args.threads_filter)]
+        rows = [r for r in rows if keep(r, "shape", args.shapes) and keep(r, "threads", args.threads_filter)
+                and keep(r, "variant", args.variants) and keep(r, "omp_wait_policy", args.omp_wait_policy)]
         print(format_table(rows, markdown=args.markdown))
         for line in check_targets(rows):
             print(line)
@@ -684,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return cli_main(args)
+    except BrokenPipeError:  # `... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as e:  # noqa: BLE001 - one-line errors from the CLI
         from .errors import IdseditError
 
