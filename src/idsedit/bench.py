@@ -12,8 +12,13 @@ Paths (``--variants`` / ``--baseline``):
                  the prompts are encoded.
 - ``baseline`` : the straightforward implementation, as the official code runs: explicit attention
                  (diffusers ``AttnProcessor``: baddbmm + softmax) and the text encoder kept in memory.
+- ``fast-keep-te`` (diagnostic: SDPA, text encoder kept) and ``fast-bf16-bwd`` (prototype of a proposed core change:
+  exact fp32 attention forward, bf16 flash-attention backward).
 
-Timings live here and in docs/benchmarks.md, never in tests. ``os.getloadavg()`` is recorded next to every timing.
+UNet backward passes are counted by a hook on the UNet's input (:func:`count_unet_backward`), forwards and samples
+by ``prior.calls``. Timings live here and in docs/benchmarks.md, never in tests; ``os.getloadavg()`` is recorded
+next to every timing, and on a shared machine ``--threads 1`` (CPU seconds) or ``--omp-wait-policy PASSIVE`` give
+numbers that other processes do not distort (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
