@@ -66,6 +66,7 @@ def test_counts_of_the_other_methods(tiny, method):
     row = bench.run_case(spec(method), prior=tiny)
     assert (row["unet_forward_per_step"], row["unet_samples_per_step"],
             row["unet_backward_per_step"]) == EXPECTED_CALLS[method]
+    assert row["prior_calls_backward_per_step"] == row["unet_backward_per_step"]   # the core counts the same
 
 
 def test_adaptive_counts_match_its_fpr_iterations(tiny):
