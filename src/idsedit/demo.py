@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-color", default="blue", help="the colour the edit asks for (default: blue)")
     p.add_argument("--methods", default="dds,ids", help="comma-separated methods to compare (default: dds,ids)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per edit (default: 200)")
-    p.add_argument("--scene-seed", type=int, default=3, help="seed of the random scene layout (default: 3)")
+    p.add_argument("--scene-seed", type=int, default=0, help="seed of the random scene layout (default: 0)")
     p.add_argument("--lr", type=float, default=None,
                    help="SGD learning rate (default: 0.1 scaled to the latent size as SD 1.5 at 512 px: "
                         "0.00625 for the mini prior's 16x16 latents)")
