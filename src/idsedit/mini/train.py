@@ -588,9 +588,8 @@ def _default_out() -> Path:
     return BUNDLED_DIR
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig, Path | None]:
-    """CLI flags -> (stage, TrainConfig, export folder)."""
-    p = argparse.ArgumentParser(prog="python -m idsedit.mini.train", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The training flags (used by `python -m idsedit.mini.train` and `idsedit train-mini`)."""
     p.add_argument("--stage", choices=STAGES, required=True, help="what to train (or export)")
     p.add_argument("--state", type=Path, default=TrainConfig.state, help="state folder (resumed automatically)")
     p.add_argument("--out", type=Path, default=None, help="export folder (default: the bundled assets/mini-sd)")
@@ -600,9 +599,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig, Path | 
             continue
         flag = "--" + f.name.replace("_", "-")
         p.add_argument(flag, type=type(getattr(d, f.name)), default=getattr(d, f.name), help=f"(default {getattr(d, f.name)})")
-    a = p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> tuple[str, TrainConfig, Path | None]:
+    """Parsed flags -> (stage, TrainConfig, export folder)."""
     kw = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name not in ("model",)}
     return a.stage, TrainConfig(**kw), a.out
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig, Path | None]:
+    """CLI flags -> (stage, TrainConfig, export folder)."""
+    p = argparse.ArgumentParser(prog="python -m idsedit.mini.train", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return config_from_args(p.parse_args(argv))
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """`idsedit train-mini`: user errors propagate as IdseditError (the CLI prints one line)."""
+    stage, cfg, out = config_from_args(args)
+    train_mini(stage, cfg, out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
