@@ -125,23 +125,7 @@ class MixedSDPAProcessor:
         return attn.to_out[1](attn.to_out[0](o)) / attn.rescale_output_factor
 
 
-class _Bf16BackwardSDPA(torch.autograd.Function):
-    """Flash attention: forward in the inputs' dtype (fp32, exact), BACKWARD kernel in bf16 (q, k, v, out, dout
-    cast; the fp32 logsumexp reused): the CPU bf16 backward kernel is ~2.7x faster at head size 8."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        b = torch.bfloat16
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout.to(b), q.to(b), k.to(b), v.to(b), out.to(b), lse, 0.0, False)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+_Bf16BackwardSDPA = bench._bf16_backward_sdpa()  # the bench's fast-bf16-bwd kernel, one definition
 
 
 class Bf16BackwardSDPAProcessor(MixedSDPAProcessor):
