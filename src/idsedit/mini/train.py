@@ -252,6 +252,20 @@ def decoder_keys(key: str) -> bool:
     return key.startswith("decoder.") or key.startswith("post_quant_conv.")
 
 
+def _record_step(meta, step, loss, loss_avg, decay, bar, cfg, last_save, save):
+    """After an optimiser step: advance meta["step"], update the running loss (EMA with ``decay``) and the bar,
+    checkpoint when ``cfg.checkpoint_minutes`` have passed. Returns (loss_avg, last_save)."""
+    meta["step"] = step + 1
+    loss_avg = loss if loss_avg is None else decay * loss_avg + (1 - decay) * loss
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss_avg:.4f}")
+    if time.time() - last_save > cfg.checkpoint_minutes * 60:
+        meta["history"].append({"step": meta["step"], "loss": loss_avg})
+        save()
+        last_save = time.time()
+    return loss_avg, last_save
+
+
 def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part: str = "vae") -> dict:
     """Train the AutoencoderKL: loss = L1 + MSE (pixels in [-1, 1]) + kl_weight * KL; resumes from state.
 
@@ -331,14 +345,7 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        meta["step"] = step + 1
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_avg:.4f}")
-        if time.time() - last_save > cfg.checkpoint_minutes * 60:
-            meta["history"].append({"step": meta["step"], "loss": loss_avg})
-            save()
-            last_save = time.time()
+        loss_avg, last_save = _record_step(meta, step, loss.item(), loss_avg, 0.98, bar, cfg, last_save, save)
     bar.close()
     if loss_avg is not None:
         meta["history"].append({"step": meta["step"], "loss": loss_avg})
@@ -521,14 +528,7 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
             d = ema_decay_at(step, cfg.ema_decay)
             torch._foreach_mul_(ema_t, d)
             torch._foreach_add_(ema_t, live_t, alpha=1.0 - d)
-        meta["step"] = step + 1
-        loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_avg:.4f}")
-        if time.time() - last_save > cfg.checkpoint_minutes * 60:
-            meta["history"].append({"step": meta["step"], "loss": loss_avg})
-            save()
-            last_save = time.time()
+        loss_avg, last_save = _record_step(meta, step, loss.item(), loss_avg, 0.99, bar, cfg, last_save, save)
     bar.close()
     if loss_avg is not None:
         meta["history"].append({"step": meta["step"], "loss": loss_avg})
