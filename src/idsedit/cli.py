@@ -38,6 +38,8 @@ PLUGINS = {
     "demo": ("idsedit.demo", "a quick demonstration edit with the bundled mini prior"),
     "train-mini": ("idsedit.mini.train", "train the bundled mini prior on the shapes world"),
     "eval": ("idsedit.evaluate", "evaluate edits (success, identity, invertibility)"),
+    "scene": ("idsedit.scene.cli", "fit, edit and render radiance-field scenes (NeRF)"),
+    "ui": ("idsedit.ui", "a local web app for editing (Gradio)"),
 }
 """Subcommands implemented elsewhere: name -> (module with add_arguments(parser) and cli_main(args), help)."""
 
