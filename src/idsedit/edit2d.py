@@ -5,9 +5,12 @@
                            z_trg <- z_trg - lr * d loss / d z_trg                      (SGD, lr 0.1, 200 steps)
     x_edit = D(z_trg)
 
-Images of any size: resized for the model keeping the aspect ratio (longer side = the model's resolution, sides
-rounded to the UNet's multiple), edited, and resized back to the input size. With a mask (white = editable) the
-update is zeroed outside the mask in latent space, and the decoded result is composited over the input outside it.
+The step itself (loss, mask, finiteness guard, learning-rate rule, cancel) lives in :mod:`idsedit.loop`, shared with
+the scene loop. Images of any size: resized for the model keeping the aspect ratio (longer side = the model's
+resolution, sides rounded to the UNet's multiple), edited, and resized back to the input size. With a mask (white =
+editable) the method's update is multiplied by the mask inside each step (latent cells where it is 0 never move),
+and the decoded result is composited over the input outside it. ``should_stop()`` ends an edit early with a partial
+result (``cancelled=True``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torch import Tensor
 
 from .distill import DistillConfig, get_method
 from .errors import IdseditError
-from .loop import LOSS_SCALE, T_MAX, T_MIN, distill_step, draw_step
+from .loop import (LOSS_SCALE, SD15_LATENT_AREA, T_MAX, T_MIN, RunState, auto_lr, distill_step, draw_step,  # noqa: F401
+                   run_steps, sd15_equivalent_lr)
 from .rng import Sampler
 
 
@@ -70,10 +74,13 @@ class EditResult:
     timings: dict = field(default_factory=dict)   # seconds
     unet_calls: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
+    steps_done: int = 0                     # optimizer steps taken (config.steps unless cancelled)
+    cancelled: bool = False                 # should_stop() ended the edit early: a partial result
 
     def record(self) -> dict:
         """Every setting, timing and count as a JSON-serialisable dict."""
         return {"source": self.source, "target": self.target, "config": dataclasses.asdict(self.config),
+                "steps_done": self.steps_done, "cancelled": self.cancelled,
                 "input_size": list(self.source_image.size), "latent_shape": list(self.latent.shape),
                 "timings_s": self.timings, "unet_calls": self.unet_calls, "diagnostics": self.diagnostics}
 
@@ -83,27 +90,16 @@ class InvertResult:
     """A -> B -> A: the forward edit, the backward edit, and the reconstruction PSNR of A."""
 
     forward: EditResult
-    backward: EditResult
-    psnr: float         # dB, pixels of A->B->A vs A (at input size)
-    latent_psnr: float  # dB, z after A->B->A vs z_src, peak = max |z_src|
-
-
-SD15_LATENT_AREA = 64 * 64  # SD 1.5 at 512x512
-
-
-def sd15_equivalent_lr(latent_hw: tuple[int, int], lr: float = 0.1) -> float:
-    """The learning rate that gives a latent of size latent_hw the same per-element step as SD 1.5 at 512x512.
-
-    The official loss divides by H*W (2000 / (H W)), so with lr fixed the step per element grows as the latent
-    shrinks: 16x16 latents (the mini prior) would move 16x further per step than SD 1.5's 64x64. Scaling
-    lr by (H W) / 64^2 undoes that.
-    """
-    return lr * latent_hw[0] * latent_hw[1] / SD15_LATENT_AREA
+    backward: EditResult | None  # None when the forward edit was cancelled (the backward one never ran)
+    psnr: float                  # dB, pixels of A->B->A vs A (at input size); nan without a backward edit
+    latent_psnr: float           # dB, z after A->B->A vs z_src, peak = max |z_src|; nan without a backward edit
+    cancelled: bool = False      # should_stop() ended either edit early
 
 
 def resolved_lr(config: EditConfig, z_src: Tensor) -> float:
-    """config.lr, or the SD-1.5-equivalent learning rate for z_src's size when it is None."""
-    return config.lr if config.lr is not None else sd15_equivalent_lr(tuple(z_src.shape[-2:]))
+    """config.lr, or the automatic rule of the "latents" parameterisation (:func:`idsedit.loop.sd15_equivalent_lr`)
+    for z_src's size when it is None."""
+    return config.lr if config.lr is not None else auto_lr("latents", tuple(z_src.shape[-2:]))
 
 
 def image_to_tensor(img: Image.Image) -> Tensor:
@@ -129,32 +125,55 @@ def latent_mask(mask: Image.Image, latent_hw: tuple[int, int], device) -> Tensor
     return F.interpolate(m, size=latent_hw, mode="area").to(device)
 
 
-def edit_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *, sampler: Sampler | None = None,
-                 mask: Tensor | None = None, callback: Callable | None = None, progress: bool = False) -> Tensor:
-    """Optimise z_trg from z_src for ``config.steps`` steps; returns the final z_trg (detached).
+@dataclass
+class LatentRun:
+    """What :func:`run_latents` returns: the final z_trg and how the loop ended."""
 
-    ``callback(step, z_trg, draw, out)`` is called after each update (frames, live previews, logging).
-    """
+    latent: Tensor          # final (or, when cancelled, partial) z_trg, detached
+    steps_done: int         # optimizer steps taken
+    cancelled: bool = False  # should_stop() ended the loop early
+
+
+def run_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *, sampler: Sampler | None = None,
+                mask: Tensor | None = None, callback: Callable | None = None, progress: bool = False,
+                should_stop: Callable[[], bool] | None = None) -> LatentRun:
+    """Optimise z_trg from z_src for up to ``config.steps`` SGD steps (see :func:`edit_latents`)."""
     sampler = sampler if sampler is not None else Sampler.seeded(config.seed)
     z_trg = z_src.detach().clone().requires_grad_(True)
     opt = torch.optim.SGD([z_trg], lr=resolved_lr(config, z_src))
-    steps = range(config.steps)
-    if progress:
-        from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc=config.method, unit="step", leave=False)
-    for i in steps:
+    def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
         draw = draw_step(sampler, z_src, config.t_min, config.t_max)
         loss, out = distill_step(prior, config.method, z_src, z_trg, draw, cond_src, cond_trg, config.distill,
-                                 sampler, scale=config.loss_scale, weight=config.weight)
+                                 sampler, scale=config.loss_scale, weight=config.weight, mask=mask)
         loss.backward()
-        if mask is not None:
-            z_trg.grad.mul_(mask)
         opt.step()
         if callback is not None:
             callback(i, z_trg, draw, out)
-    return z_trg.detach()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        def bar(r):
+            return tqdm(r, desc=config.method, unit="step", leave=False)
+    state = run_steps(config.steps, step, should_stop=should_stop, progress=bar)
+    return LatentRun(z_trg.detach(), state.steps_done, state.cancelled)
+
+
+def edit_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *, sampler: Sampler | None = None,
+                 mask: Tensor | None = None, callback: Callable | None = None, progress: bool = False,
+                 should_stop: Callable[[], bool] | None = None) -> Tensor:
+    """Optimise z_trg from z_src for ``config.steps`` steps; returns the final z_trg (detached).
+
+    ``mask`` (1, 1, h, w) in [0, 1]: the update is multiplied by it inside each step (:func:`idsedit.loop.
+    distill_step`), so cells where it is 0 never move. ``callback(step, z_trg, draw, out)`` is called after each
+    update (frames, live previews, logging). ``should_stop()`` is asked before every step; when it returns True
+    the loop ends and the partial z_trg is returned (:func:`run_latents` also says how many steps were done).
+    """
+    return run_latents(prior, z_src, cond_src, cond_trg, config, sampler=sampler, mask=mask, callback=callback,
+                       progress=progress, should_stop=should_stop).latent
 
 
 def _composite(edited: Image.Image, source: Image.Image, mask: Image.Image | None) -> Image.Image:
@@ -165,8 +184,12 @@ def _composite(edited: Image.Image, source: Image.Image, mask: Image.Image | Non
 
 def edit_image(prior, image: Image.Image, source: str, target: str, config: EditConfig | None = None, *,
                mask: Image.Image | None = None, progress: bool = True, callback: Callable | None = None,
-               z_src: Tensor | None = None) -> EditResult:
-    """Edit ``image`` (described by ``source``) towards ``target`` with ``config.method``."""
+               z_src: Tensor | None = None, should_stop: Callable[[], bool] | None = None) -> EditResult:
+    """Edit ``image`` (described by ``source``) towards ``target`` with ``config.method``.
+
+    ``should_stop()`` is asked before every step; when it returns True the edit ends early and the partial result
+    is decoded and returned with ``result.cancelled = True`` and ``result.steps_done`` < ``config.steps``.
+    """
     from .images import fit_to_model, restore_size
 
     config = config or EditConfig()
@@ -194,13 +217,16 @@ def edit_image(prior, image: Image.Image, source: str, target: str, config: Edit
         if callback is not None:
             callback(i, z, draw, out)
 
-    calls0 = prior.calls.snapshot()
-    z = edit_latents(prior, z_src, cond_src, cond_trg, config, mask=mask_lat, callback=on_step, progress=progress)
+    with prior.counting() as counter:  # this thread's UNet calls only (a shared prior may serve other edits)
+        run = run_latents(prior, z_src, cond_src, cond_trg, config, mask=mask_lat, callback=on_step,
+                          progress=progress, should_stop=should_stop)
+    z = run.latent
     t2 = time.perf_counter()
     edited = _composite(restore_size(tensor_to_image(prior.decode(z)), image.size), image, mask)
     t3 = time.perf_counter()
-    calls = {k: v - calls0[k] for k, v in prior.calls.snapshot().items()}
-    calls.update({f"{k}_per_step": calls[k] / config.steps for k in ("forward", "backward", "samples")})
+    calls = counter.snapshot()
+    per = max(run.steps_done, 1)
+    calls.update({f"{k}_per_step": calls[k] / per for k in ("forward", "backward", "samples")})
     diagnostics = {"lr": resolved_lr(config, z_src)}
     if fpr_first:
         diagnostics |= {"fpr_residual_first_mean": float(np.mean(fpr_first)),
@@ -209,21 +235,27 @@ def edit_image(prior, image: Image.Image, source: str, target: str, config: Edit
     return EditResult(image=edited, source_image=image, latent=z, source_latent=z_src, config=config, source=source,
                       target=target, frames=frames, unet_calls=calls, diagnostics=diagnostics,
                       timings={"encode_s": t1 - t0, "edit_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,
-                               "per_step_s": (t2 - t1) / config.steps})
+                               "per_step_s": (t2 - t1) / per},
+                      steps_done=run.steps_done, cancelled=run.cancelled)
 
 
 def invert_image(prior, image: Image.Image, source: str, target: str, config: EditConfig | None = None, *,
-                 progress: bool = True) -> InvertResult:
+                 progress: bool = True, should_stop: Callable[[], bool] | None = None) -> InvertResult:
     """Edit A -> B with (source, target), then B -> A with (target, source) from B's latent; PSNR of A->B->A vs A.
 
     The backward edit starts from the forward edit's latent (no VAE round trip in between), so the score measures
-    the method, not the autoencoder.
+    the method, not the autoencoder. ``should_stop`` is passed to both edits; a cancelled forward edit skips the
+    backward one (``backward=None``, PSNRs nan), and either cancellation sets ``cancelled``.
     """
     config = config or EditConfig()
-    fwd = edit_image(prior, image, source, target, config, progress=progress)
-    bwd = edit_image(prior, fwd.image, target, source, config, progress=progress, z_src=fwd.latent)
+    fwd = edit_image(prior, image, source, target, config, progress=progress, should_stop=should_stop)
+    if fwd.cancelled:
+        return InvertResult(fwd, None, float("nan"), float("nan"), cancelled=True)
+    bwd = edit_image(prior, fwd.image, target, source, config, progress=progress, z_src=fwd.latent,
+                     should_stop=should_stop)
     a = np.asarray(image.convert("RGB"), np.float32) / 255.0
     aba = np.asarray(bwd.image, np.float32) / 255.0
     z0, z2 = fwd.source_latent, bwd.latent
     peak = float(z0.abs().max())
-    return InvertResult(fwd, bwd, psnr(a, aba), psnr(z0.cpu().numpy(), z2.cpu().numpy(), peak))
+    return InvertResult(fwd, bwd, psnr(a, aba), psnr(z0.cpu().numpy(), z2.cpu().numpy(), peak),
+                        cancelled=bwd.cancelled)
