@@ -12,9 +12,15 @@ scaling factor) stay in this file.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import threading
 import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,6 +63,10 @@ class UNetCounter:
 
     def snapshot(self) -> dict:
         return {"forward": self.forward, "samples": self.samples, "backward": self.backward}
+
+
+TEXT_CACHE_SIZE = 256   # (prompt, negative) pairs kept by Prior.encode_text (least recently used dropped first)
+CLIP_VOCAB_SIZE = 49408  # the open CLIP BPE vocabulary of every real Stable Diffusion text encoder
 
 
 def check_device(name: str | None) -> None:
@@ -108,6 +118,12 @@ class Prior:
 
     Build with :func:`load_prior` or ``Prior(pipe)``. The UNet, VAE and text encoders are frozen
     (``requires_grad_(False)``) and put in eval mode once, here; methods never touch them. The VAE runs in fp32.
+
+    Sharing one prior between threads (a web server): the weights are read-only and every per-call state is
+    per thread: ``with prior.counting() as calls:`` counts only the current thread's UNet calls, CDS's feature
+    hooks capture only the registering thread's forwards, and the text cache is locked. ``prior.calls`` is the
+    process-wide total. ``prior.lock`` (a re-entrant lock) is for callers: hold it for a whole edit when a
+    server shares one prior and must run edits one at a time (e.g. to bound memory); nothing here takes it.
     """
 
     def __init__(self, pipe, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
@@ -141,25 +157,76 @@ class Prior:
         self.latent_multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
         self.tokenizer = pipe.tokenizer
         self.max_tokens = int(self.tokenizer.model_max_length)
-        self.calls = UNetCounter()
-        self._text_cache: dict[tuple[str, str], Cond] = {}
+        self.calls = UNetCounter()      # every call from every thread
+        self.lock = threading.RLock()   # hold for a whole edit when sharing this prior (see the class docstring)
+        self._count_lock = threading.Lock()
+        self._local = threading.local()  # .counters: the current thread's open counting() blocks
+        self._text_cache: OrderedDict[tuple[str, str], Cond] = OrderedDict()
+        self._text_lock = threading.Lock()
+        self.vocabulary = closed_vocabulary(pipe)  # None: open (CLIP BPE) vocabulary, no prompt warnings
+        folder = _pipeline_folder(pipe)
+        self.is_bundled = folder is not None and folder.resolve() == BUNDLED_MODEL
+
+    # ----------------------------------------------------------------------------------------------- counting
+    @contextmanager
+    def counting(self):
+        """``with prior.counting() as calls:`` -> a UNetCounter of the UNet calls made by THIS thread in the block.
+
+        Nested blocks each count their own calls; a backward pass is credited to the blocks open when its
+        forward ran (autograd may run it on another thread).
+        """
+        counter = UNetCounter()
+        stack = self._local.__dict__.setdefault("counters", [])
+        stack.append(counter)
+        try:
+            yield counter
+        finally:
+            stack.remove(counter)
+
+    def _counters(self) -> list[UNetCounter]:
+        return [self.calls, *getattr(self._local, "counters", ())]
+
+    def _count(self, counters: list[UNetCounter], forward: int = 0, samples: int = 0, backward: int = 0) -> None:
+        with self._count_lock:
+            for c in counters:
+                c.forward += forward
+                c.samples += samples
+                c.backward += backward
 
     # ----------------------------------------------------------------------------------------------- text
     def check_prompt(self, prompt: str, what: str = "prompt") -> str:
-        """Validate a prompt: error if empty, one-line warning if longer than the text encoder's limit."""
+        """Validate a prompt: error if empty; one-line warnings if longer than the text encoder's limit, or (for a
+        closed-vocabulary prior such as the bundled mini prior) if it uses words outside the vocabulary."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise IdseditError(f"the {what} is empty: give a short description such as \"a photo of a cat\"")
         n = len(self.tokenizer(prompt).input_ids)
         if n > self.max_tokens:
             warnings.warn(f"the {what} has {n} tokens, more than this model's limit of {self.max_tokens}: "
                           f"it is truncated to the first {self.max_tokens - 2} tokens", stacklevel=2)
+        unknown = self.unknown_words(prompt)
+        if unknown:
+            model = "the bundled mini prior" if self.is_bundled else "this model"
+            warnings.warn(f"the {what} {prompt!r} has words outside the closed vocabulary of {model} (unknown: "
+                          f"{', '.join(unknown)}): they reach it only as letters; for real images pass --model with "
+                          "a Stable Diffusion folder or hub id", stacklevel=2)
         return prompt
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` (lowercased letter runs, in order, once each) that are not whole tokens of a
+        closed vocabulary; always [] for an open vocabulary (real Stable Diffusion)."""
+        if self.vocabulary is None:
+            return []
+        words = dict.fromkeys(re.findall(r"[a-z]+", prompt.lower()))
+        return [w for w in words if w not in self.vocabulary]
 
     @torch.no_grad()
     def encode_text(self, prompt: str, negative: str = "") -> Cond:
-        """Embeddings of (negative, prompt), cached per pair."""
+        """Embeddings of (negative, prompt), cached per pair (the TEXT_CACHE_SIZE most recently used pairs)."""
         key = (prompt, negative)
-        if key not in self._text_cache:
+        with self._text_lock:  # one encoding at a time: catch_warnings below is process-global state
+            if key in self._text_cache:
+                self._text_cache.move_to_end(key)
+                return self._text_cache[key]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out = self.pipe.encode_prompt(prompt=prompt, device=self.device, num_images_per_prompt=1,
@@ -172,7 +239,9 @@ class Prior:
                 pooled = None
             embeds = torch.cat([uncond, cond]).to(self.dtype)
             self._text_cache[key] = Cond(prompt, negative, embeds, pooled)
-        return self._text_cache[key]
+            while len(self._text_cache) > TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+            return self._text_cache[key]
 
     def release_text_encoders(self) -> None:
         """Free the text encoders once every prompt is encoded (saves memory; encode_text then needs the cache)."""
@@ -181,12 +250,16 @@ class Prior:
                 setattr(self.pipe, part, None)
 
     # ----------------------------------------------------------------------------------------------- VAE
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """Images (B,3,H,W) in [0,1] -> latents (B,C,H/f,W/f): (mean of q(z|x) - shift) * scaling_factor."""
-        x = images.to(self.device, torch.float32) * 2 - 1
-        z = self.vae.encode(x).latent_dist.mean
-        return (z - self.shift_factor) * self.scaling_factor
+    def encode(self, images: Tensor, *, grad: bool = False) -> Tensor:
+        """Images (B,3,H,W) in [0,1] -> latents (B,C,H/f,W/f): (mean of q(z|x) - shift) * scaling_factor.
+
+        ``grad=True`` keeps the autograd graph through the VAE encoder (render -> encode -> distill for radiance
+        fields; the VAE's weights stay frozen, gradients flow to ``images``); ``grad=False`` runs without a graph.
+        """
+        with torch.enable_grad() if grad else torch.no_grad():
+            x = images.to(self.device, self.vae.dtype) * 2 - 1
+            z = self.vae.encode(x).latent_dist.mean
+            return (z - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
@@ -211,16 +284,16 @@ class Prior:
     def model_output(self, z_t: Tensor, t: Tensor, embeds: Tensor, added: dict | None = None) -> Tensor:
         """Raw UNet output (eps or v) for a batch, in fp32. Counts the call (and its backward, if any)."""
         x = z_t.to(self.dtype)
+        counters = self._counters()
         if x.requires_grad:  # count a backward pass when a gradient reaches the UNet's input (from any output)
             x = x.view_as(x)
-            x.register_hook(self._count_backward)
+            x.register_hook(partial(self._count_backward, counters))
         out = self.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
-        self.calls.forward += 1
-        self.calls.samples += z_t.shape[0]
+        self._count(counters, forward=1, samples=z_t.shape[0])
         return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
-    def _count_backward(self, grad: Tensor) -> None:
-        self.calls.backward += 1
+    def _count_backward(self, counters: list[UNetCounter], grad: Tensor) -> None:
+        self._count(counters, backward=1)
 
     def to_eps(self, out: Tensor, z_t: Tensor, ab: Tensor) -> Tensor:
         """Model output -> eps (identity for epsilon models, eps = sqrt(1-ab) z_t + sqrt(ab) v for v models)."""
@@ -246,6 +319,38 @@ class Prior:
         return [D.cfg(chunks[i], chunks[n + i], guidance) for i in range(n)]
 
 
+# --------------------------------------------------------------------------------------------------- vocabulary
+MINI_EXPORT_RECORD = "training.json"  # written by idsedit.mini.export next to the pipeline (its "recipe" marks it)
+
+
+def _pipeline_folder(pipe) -> Path | None:
+    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", None)
+    return Path(name) if name and Path(name).is_dir() else None
+
+
+def closed_vocabulary(pipe) -> frozenset[str] | None:
+    """The whole-word tokens of a closed-vocabulary prior, or None for an open (CLIP BPE) vocabulary.
+
+    Closed: the tokenizer is smaller than CLIP's open 49408-token BPE vocabulary (every real Stable Diffusion
+    has that one), or the pipeline's folder carries idsedit's mini-export record (``training.json`` with a
+    ``recipe``). The words are the vocabulary's end-of-word tokens (``red</w>`` -> ``red``) made of letters.
+    """
+    tok = getattr(pipe, "tokenizer", None)
+    if tok is None:
+        return None
+    vocab = tok.get_vocab()
+    closed = len(vocab) < CLIP_VOCAB_SIZE
+    folder = _pipeline_folder(pipe)
+    if not closed and folder is not None and (folder / MINI_EXPORT_RECORD).is_file():
+        try:
+            closed = "recipe" in json.loads((folder / MINI_EXPORT_RECORD).read_text())
+        except (OSError, ValueError):
+            closed = False
+    if not closed:
+        return None
+    return frozenset(w[:-4] for w in vocab if w.endswith("</w>") and w[:-4].isalpha())
+
+
 # --------------------------------------------------------------------------------------------------- loading
 def _looks_like_path(model: str) -> bool:
     """A local folder unless it has the hub's ``org/name`` shape and no such path exists."""
@@ -259,8 +364,6 @@ def check_model_folder(path: Path, allow_pickle: bool = False) -> None:
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{path} is not a diffusers model folder: model_index.json is missing")
-    import json
-
     try:
         parts = json.loads(index.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

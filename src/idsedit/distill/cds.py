@@ -17,6 +17,7 @@ with q = f_src (detached) and k = f_trg (the official ``diagonal -> -10`` maskin
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -34,13 +35,19 @@ def self_attention_layers(unet) -> list[str]:
 
 @contextmanager
 def capture_outputs(module, names: list[str]):
-    """Collect the outputs of the named submodules during the forwards run inside the block: {name: Tensor}."""
+    """Collect the outputs of the named submodules during the forwards run inside the block: {name: Tensor}.
+
+    Only forwards run by the thread that opened the block are captured, so threads sharing one UNet (a web
+    server) never see each other's features.
+    """
     feats: dict[str, Tensor] = {}
     modules = dict(module.named_modules())
+    owner = threading.get_ident()
 
     def hook_for(name):
         def hook(_module, _args, output):
-            feats[name] = output
+            if threading.get_ident() == owner:
+                feats[name] = output
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
