@@ -163,6 +163,17 @@ def test_flags_make_the_cases():
         bench.specs_from_args(parser.parse_args(["--shapes", "huge"]))
 
 
+def test_bench_uses_the_shared_variant_table():
+    """One table of method names (idsedit.variants): no copy inside bench; every name and alias means the same."""
+    from idsedit.variants import ALIASES, VARIANTS, canonical_variant, variant_config
+
+    assert not hasattr(bench, "METHOD_VARIANTS") and not hasattr(bench, "METHOD_ALIASES")
+    for name in [*VARIANTS, *ALIASES]:
+        assert bench.canonical_method(name) == canonical_variant(name)
+    assert set(bench.DEFAULT_METHODS) <= set(VARIANTS)
+    assert variant_config("ids+cut").distill.with_cut and variant_config("ids-jf").distill.fpr_mode == "jacobian-free"
+
+
 @pytest.mark.slow
 def test_worker_subprocess_reports_its_own_peak_rss():
     row = bench.run_in_subprocess(bench.CaseSpec(shape="tiny", method="dds", steps=1, warmup=0, threads=1,

@@ -46,19 +46,8 @@ SRC_PROMPT = "a red square, a green triangle and a blue circle"
 TRG_PROMPT = "a red square, a green triangle and a blue circle made of neon lights"
 EDIT_STEPS = 200  # the official edit length, for the projected seconds per edit
 
-# bench name -> (registered method, DistillConfig overrides)
-METHOD_VARIANTS: dict[str, tuple[str, dict]] = {
-    "dds": ("dds", {}),
-    "cds": ("cds", {}),
-    "pds": ("pds", {}),
-    "sds": ("sds", {}),
-    "ids": ("ids", {"fpr_mode": "exact"}),
-    "ids-jf": ("ids", {"fpr_mode": "jacobian-free"}),
-    "ids-adaptive": ("ids", {"fpr_mode": "adaptive"}),
-    "ids+cut": ("ids", {"fpr_mode": "exact", "with_cut": True}),
-}
-METHOD_ALIASES = {"ids-exact": "ids", "ids-cut": "ids+cut", "ids_cut": "ids+cut", "ids-jacobian-free": "ids-jf",
-                  "jf": "ids-jf", "adaptive": "ids-adaptive"}
+# Method names are the shared table's (idsedit.variants): "ids-jf" means the same here as in `idsedit edit`.
+DEFAULT_METHODS = ("dds", "cds", "pds", "sds", "ids", "ids-jf", "ids-adaptive", "ids+cut")
 DEFAULT_SHAPES = ("tiny", "medium")
 
 # The official code has exact FPR only: Jacobian-free and adaptive IDS are compared with its exact IDS.
@@ -104,7 +93,7 @@ class CaseSpec:
     """One measurement: a method on a model shape along one path (what a worker subprocess runs)."""
 
     shape: str                      # tiny | medium | sd15 (models_from_config.SHAPES)
-    method: str                     # a key of METHOD_VARIANTS
+    method: str                     # a method variant name (idsedit.variants.VARIANTS)
     variant: str = "fast"           # a key of VARIANTS
     steps: int = 3                  # measured steps (median reported)
     warmup: int = 1                 # unmeasured steps first
@@ -119,13 +108,14 @@ class CaseSpec:
 
 # ------------------------------------------------------------------------------------------------- helpers
 def canonical_method(name: str) -> str:
-    """A bench method name from a user's spelling (``ids-cut`` -> ``ids+cut``)."""
+    """A method variant name from a user's spelling (``ids-cut`` -> ``ids+cut``), via :mod:`idsedit.variants`."""
     from .errors import IdseditError
+    from .variants import VARIANTS as METHOD_TABLE, canonical_variant
 
-    key = METHOD_ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in METHOD_VARIANTS:
-        raise IdseditError(f"unknown bench method {name!r}: use some of {', '.join(METHOD_VARIANTS)}")
-    return key
+    try:
+        return canonical_variant(name)
+    except IdseditError:
+        raise IdseditError(f"unknown bench method {name!r}: use some of {', '.join(METHOD_TABLE)}") from None
 
 
 def load_average() -> list[float]:
@@ -281,11 +271,10 @@ def _sync(device) -> None:
 # ------------------------------------------------------------------------------------------------- measuring
 def time_edit(prior, method: str, z_src, cond_src, cond_trg, *, steps: int, warmup: int, seed: int = 0) -> dict:
     """Run ``warmup + steps`` steps of the product edit loop; per-step wall/CPU seconds and UNet calls."""
-    from .distill import DistillConfig
-    from .edit2d import EditConfig, edit_latents
+    from .edit2d import edit_latents
+    from .variants import variant_config
 
-    name, overrides = METHOD_VARIANTS[method]
-    config = EditConfig(method=name, steps=warmup + steps, seed=seed, distill=DistillConfig(**overrides))
+    config = variant_config(method, steps=warmup + steps, seed=seed)
     marks, backward = [], [0]
     fpr_iters = []
 
@@ -581,8 +570,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `idsedit bench`."""
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help="comma-separated model shapes: tiny, medium, sd15 (real SD1.5 size, meant for GPUs)")
-    parser.add_argument("--methods", default=",".join(METHOD_VARIANTS),
-                        help=f"comma-separated methods: {', '.join(METHOD_VARIANTS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated method variants (idsedit.variants): {', '.join(DEFAULT_METHODS)}")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps before the measured ones")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
