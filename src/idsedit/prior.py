@@ -229,8 +229,10 @@ class Prior:
                 return self._text_cache[key]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # negative_prompt=None when none is given: SDXL's pipelines then use ZERO unconditional (and pooled)
+                # embeddings when force_zeros_for_empty_prompt is set, as SDXL is sampled; SD 1.x/2.x encode "".
                 out = self.pipe.encode_prompt(prompt=prompt, device=self.device, num_images_per_prompt=1,
-                                              do_classifier_free_guidance=True, negative_prompt=negative)
+                                              do_classifier_free_guidance=True, negative_prompt=negative or None)
             if self.is_sdxl:
                 cond, uncond, pooled_c, pooled_u = out
                 pooled = torch.cat([pooled_u, pooled_c]).to(self.dtype)
