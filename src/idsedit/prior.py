@@ -128,6 +128,8 @@ class Prior:
 
     def __init__(self, pipe, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  name: str = ""):
+        check_model_type(type(pipe.unet).__name__, pipe.unet.config, int(pipe.vae.config.latent_channels),
+                         name or type(pipe).__name__)
         self.device = pick_device(str(device) if device is not None else None)
         self.dtype = pick_dtype(self.device, dtype)
         self.name = name
@@ -321,6 +323,32 @@ class Prior:
         return [D.cfg(chunks[i], chunks[n + i], guidance) for i in range(n)]
 
 
+# --------------------------------------------------------------------------------------------------- model types
+SUPPORTED_MODELS = ("idsedit supports plain text-to-image latent diffusion models (SD 1.x, SD 2.x, SDXL: a "
+                    "UNet2DConditionModel whose input and output channels equal the VAE's latent channels)")
+
+
+def check_model_type(unet_class: str, unet_config, latent_channels: int, where: str) -> None:
+    """Raise a one-line ModelLoadError for a UNet that is not a plain text-to-image latent UNet: another class, or
+    in/out channels that differ from the VAE's latent channels (inpainting: 9 in, InstructPix2Pix: 8 in), or
+    extra class/image conditioning."""
+    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
+    n_in, n_out = get("in_channels", 4), get("out_channels", 4)
+    kind = {9: " (an inpainting model)", 8: " (an InstructPix2Pix model)"}.get(n_in, "")
+    if unet_class != "UNet2DConditionModel":
+        problem = f"its UNet is a {unet_class}"
+    elif n_in != latent_channels:
+        problem = f"its UNet takes {n_in} input channels but its VAE makes {latent_channels}-channel latents{kind}"
+    elif n_out != latent_channels:
+        problem = f"its UNet predicts {n_out} channels but its VAE makes {latent_channels}-channel latents"
+    elif get("class_embed_type") is not None or get("addition_embed_type") not in (None, "text_time"):
+        extra = get("class_embed_type") or get("addition_embed_type")
+        problem = f"its UNet needs extra {extra!r} conditioning"
+    else:
+        return
+    raise ModelLoadError(f"{where} is not supported: {problem}; {SUPPORTED_MODELS}")
+
+
 # --------------------------------------------------------------------------------------------------- vocabulary
 MINI_EXPORT_RECORD = "training.json"  # written by idsedit.mini.export next to the pipeline (its "recipe" marks it)
 
@@ -387,6 +415,14 @@ def check_model_folder(path: Path, allow_pickle: bool = False) -> None:
             if not allow_pickle:
                 raise ModelLoadError(f"{path}/{part} has only pickle weights ({pickles[0]}); pickle files can run code: "
                                      "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    unet_class = parts["unet"][1] if isinstance(parts["unet"], list) and len(parts["unet"]) == 2 else None
+    try:
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        vae_cfg = json.loads((path / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # a missing or broken config is the loader's error to report
+    check_model_type(unet_class or unet_cfg.get("_class_name", "?"), unet_cfg, int(vae_cfg.get("latent_channels", 4)),
+                     f"model folder {path}")
 
 
 def load_prior(model: str | os.PathLike | None = None, *, device: str | None = None, dtype: str | None = None,
@@ -413,31 +449,61 @@ def load_prior(model: str | os.PathLike | None = None, *, device: str | None = N
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlogging
     from safetensors import SafetensorError
 
-    verbosity = dlogging.get_verbosity()
+    with quiet_libraries():
+        # Only the libraries' load errors become "could not load" (a bug in our own code keeps its traceback).
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # allow_pickle: prefer safetensors, accept pickle where a part has nothing else (None);
+                # otherwise safetensors only (True).
+                pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dt,
+                                                         use_safetensors=None if allow_pickle else True,
+                                                         safety_checker=None, requires_safety_checker=False,
+                                                         local_files_only=local)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:
+            reason = _first_sentence(e)
+            if local:
+                raise ModelLoadError(f"could not load the model folder {model}: {reason}") from None
+            raise ModelLoadError(f"could not load {model!r}: it is not a local folder and the model hub did not "
+                                 f"provide it ({reason}); pass --model with a local diffusers folder") from None
+        _check_pipeline(pipe, model)
+        return Prior(pipe, device=dev, dtype=dt, name=model)
+
+
+@contextmanager
+def quiet_libraries():
+    """diffusers and transformers log only errors and draw no model-loading bars inside the block; every global
+    state changed here is restored exactly on exit. huggingface_hub's download progress bars are left alone, so
+    a first download shows its progress.
+
+    (transformers' own ``disable_progress_bar()`` would also switch off huggingface_hub's bars for the whole
+    process, so its module flag is set directly instead.)
+    """
+    from diffusers.utils import logging as dlogging
+
+    saved = [(dlogging, dlogging.get_verbosity(), dlogging.is_progress_bar_enabled())]
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
-    _quiet_transformers()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dt, use_safetensors=not allow_pickle,
-                                                     safety_checker=None, requires_safety_checker=False,
-                                                     local_files_only=local)
-            _check_pipeline(pipe, model)
-            prior = Prior(pipe, device=dev, dtype=dt, name=model)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError, EnvironmentError) as e:
-        reason = _first_sentence(e)
-        if local:
-            raise ModelLoadError(f"could not load the model folder {model}: {reason}") from None
-        raise ModelLoadError(f"could not load {model!r}: it is not a local folder and the model hub did not provide "
-                             f"it ({reason}); pass --model with a local diffusers folder") from None
+        from transformers.utils import logging as tlogging
+    except ImportError:
+        tlogging = None
+    if tlogging is not None:
+        saved.append((tlogging, tlogging.get_verbosity(), getattr(tlogging, "_tqdm_active", None)))
+        tlogging.set_verbosity_error()
+        if hasattr(tlogging, "_tqdm_active"):
+            tlogging._tqdm_active = False   # transformers' "Loading weights" bar only
+    try:
+        yield
     finally:
-        dlogging.set_verbosity(verbosity)
-        dlogging.enable_progress_bar()
-    return prior
+        for module, verbosity, bar in saved:
+            module.set_verbosity(verbosity)
+            if module is dlogging:
+                (dlogging.enable_progress_bar if bar else dlogging.disable_progress_bar)()
+            elif bar is not None:
+                module._tqdm_active = bar
 
 
 def _first_sentence(e: BaseException, limit: int = 240) -> str:
@@ -457,7 +523,8 @@ def _check_pipeline(pipe, model: str) -> None:
 
 
 def _quiet_transformers() -> None:
-    """Silence transformers' import-time notices (e.g. about torchvision) that are not about the user's input."""
+    """Silence transformers' import-time notices (e.g. about torchvision) for the WHOLE process (the benchmark's
+    worker subprocesses; it also hides huggingface_hub's progress bars). Library code uses :func:`quiet_libraries`."""
     try:
         from transformers.utils import logging as tlogging
     except ImportError:
