@@ -1,8 +1,9 @@
-"""cli.py with the model and the edit loop replaced by fakes: every flag reaches the config, every error path is
+"""cli.py and the edit command (edit_cli.py) with the model and the edit loop replaced by fakes: every flag reaches the config, every error path is
 one line on stderr with exit code 1 (2 for usage errors), batches survive a bad image, nothing partial is written.
 """
 
 import json
+import re
 import sys
 import types
 import warnings
@@ -13,7 +14,7 @@ from PIL import Image
 
 import idsedit.edit2d as edit2d
 import idsedit.prior as prior_mod
-from idsedit import cli
+from idsedit import cli, edit_cli
 from idsedit.distill import FPR_MODES, METHODS, DistillConfig
 from idsedit.edit2d import EditConfig, EditResult, InvertResult
 
@@ -73,8 +74,21 @@ def edit(img, out, *flags):
     return ["edit", img, "--source", "a cat", "--target", "a pig", "--out", out, *flags]
 
 
+KEY = re.compile(r"\.[0-9a-f]{8}(?=\.|/|$)")
+
+
 def files_in(folder):
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+    """The files under ``folder`` with the 8-digit edit key taken out of their names (cat.dds.<key>.png ->
+    cat.dds.png), sorted."""
+    if not folder.exists():
+        return []
+    return sorted(KEY.sub("", p.relative_to(folder).as_posix()) for p in folder.rglob("*"))
+
+
+def output(folder, name):
+    """The one file in ``folder`` whose name is ``name`` once its edit key is taken out."""
+    (hit,) = [p for p in folder.iterdir() if KEY.sub("", p.name) == name]
+    return hit
 
 
 # ----------------------------------------------------------------------------------------------- flags -> config
@@ -121,7 +135,7 @@ def test_no_flags_gives_the_default_config(fake, img, tmp_path, capsys):
 
 
 def test_model_flags_reach_load_prior(fake, img, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "check_device", lambda name: None)     # this machine may have no cuda:1
+    monkeypatch.setattr(edit_cli, "check_device", lambda name: None)     # this machine may have no cuda:1
     code, _, err = run(capsys, *edit(img, tmp_path / "out", "--model", "some/model", "--device", "cuda:1",
                                      "--dtype", "bf16", "--allow-pickle"))
     assert code == 0, err
@@ -148,15 +162,19 @@ def test_every_edit_option_is_covered_by_a_test():
     edit_parser = parser.subcommands["edit"]
     options = {s for a in edit_parser._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
     covered = {f[0] for f, _ in FLAG_CASES} | {"--model", "--device", "--dtype", "--allow-pickle", "--mask",
-                                               "--quiet", "--invert", "--out", "--source", "--target"}
+                                               "--quiet", "--invert", "--out", "--source", "--target",
+                                               "--overwrite"}
     assert options == covered
-    assert set(cli.EDIT_FLAGS.values()) <= set(vars(EditConfig()))
-    assert set(cli.DISTILL_FLAGS.values()) <= set(vars(DistillConfig()))
+    assert set(edit_cli.EDIT_FLAGS.values()) <= set(vars(EditConfig()))
+    assert set(edit_cli.DISTILL_FLAGS.values()) <= set(vars(DistillConfig()))
 
 
-def test_help_lists_the_registered_methods_and_fpr_modes():
-    assert cli.METHOD_NAMES_HELP.split(", ") == list(METHODS)
-    assert cli.FPR_MODES_HELP.split(", ") == list(FPR_MODES)
+def test_help_lists_the_method_variants_and_fpr_modes():
+    from idsedit.variants import VARIANTS
+
+    assert edit_cli.METHOD_NAMES_HELP.split(", ") == list(VARIANTS)
+    assert set(METHODS) <= set(VARIANTS)
+    assert edit_cli.FPR_MODES_HELP.split(", ") == list(FPR_MODES)
 
 
 def test_edit_help_shows_config_defaults(capsys):
@@ -175,13 +193,13 @@ def test_outputs_named_sized_and_recorded(fake, img, tmp_path, capsys):
     assert code == 0, err
     assert files_in(out_dir) == ["cat.dds.compare.png", "cat.dds.frames", "cat.dds.frames/step_0002.png",
                                  "cat.dds.frames/step_0004.png", "cat.dds.json", "cat.dds.png"]
-    assert Image.open(out_dir / "cat.dds.png").size == (48, 32)
-    rec = json.loads((out_dir / "cat.dds.json").read_text())
+    assert Image.open(output(out_dir, "cat.dds.png")).size == (48, 32)
+    rec = json.loads(output(out_dir, "cat.dds.json").read_text())
     assert rec["config"]["method"] == "dds" and rec["config"]["steps"] == 4
     assert rec["input"] == str(img) and rec["model"] == "fake-model"
     assert rec["unet_calls"]["forward"] == 8 and rec["unet_calls_total"]["forward"] == 8
     assert rec["timings_s"] == {"total_s": 0.5}
-    assert out.strip().startswith(f"{img} -> {out_dir / 'cat.dds.png'}") and "8 UNet calls" in out
+    assert out.strip().startswith(f"{img} -> {output(out_dir, 'cat.dds.png')}") and "8 UNet calls" in out
     assert img.read_bytes() == before
 
 
@@ -191,18 +209,21 @@ def test_invert_writes_inverse_and_psnr(fake, img, tmp_path, capsys):
     assert code == 0, err
     assert fake.inverts[0]["config"].steps == 3
     assert {"cat.ids.png", "cat.ids.inverse.png", "cat.ids.compare.png", "cat.ids.json"} == set(files_in(out_dir))
-    rec = json.loads((out_dir / "cat.ids.json").read_text())
-    assert rec["invert"]["psnr_db"] == 31.5 and rec["invert"]["inverse_image"].endswith("cat.ids.inverse.png")
+    rec = json.loads(output(out_dir, "cat.ids.json").read_text())
+    assert rec["invert"]["psnr_db"] == 31.5 and rec["invert"]["inverse_image"] == str(output(out_dir,
+                                                                                           "cat.ids.inverse.png"))
     assert rec["unet_calls_total"]["forward"] == 12                   # both directions
     assert "PSNR 31.50 dB" in out
-    assert Image.open(out_dir / "cat.ids.inverse.png").size == (48, 32)
+    assert Image.open(output(out_dir, "cat.ids.inverse.png")).size == (48, 32)
 
 
-def test_rerun_replaces_previous_frames(fake, img, tmp_path, capsys):
+def test_overwrite_replaces_previous_frames(fake, img, tmp_path, capsys):
     out_dir = tmp_path / "out"
-    assert run(capsys, *edit(img, out_dir, "--steps", "4", "--frames-every", "1"))[0] == 0
     assert run(capsys, *edit(img, out_dir, "--steps", "4", "--frames-every", "2"))[0] == 0
-    assert files_in(out_dir / "cat.ids.frames") == ["step_0002.png", "step_0004.png"]
+    frames = output(out_dir, "cat.ids.frames")
+    (frames / "step_0003.png").write_bytes((frames / "step_0002.png").read_bytes())   # a stale frame
+    assert run(capsys, *edit(img, out_dir, "--steps", "4", "--frames-every", "2", "--overwrite"))[0] == 0
+    assert files_in(frames) == ["step_0002.png", "step_0004.png"]
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]     # no temporary leftovers
 
 
@@ -243,6 +264,7 @@ def test_batch_keeps_going_after_a_bug_or_oom_in_one_edit(fake, tmp_path, capsys
     code, out, err = run(capsys, *edit(folder, tmp_path / "out"))
     assert code == 1
     assert "c.ids.png" in files_in(tmp_path / "out") and "a.ids.png" not in files_in(tmp_path / "out")
+    assert "a.ids.json" not in files_in(tmp_path / "out") and "b.ids.json" not in files_in(tmp_path / "out")
     assert "Traceback" in err and "ZeroDivisionError" in err                  # a bug keeps its traceback
     assert any(line.startswith("error: ") and "b.png" in line and "out of memory" in line
                for line in err.splitlines())
@@ -256,7 +278,7 @@ def test_same_stem_twice_gets_distinct_outputs(fake, tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(folder / "a.jpg")
     code, _, err = run(capsys, *edit(folder, tmp_path / "out"))
     assert code == 0, err
-    assert {"a.ids.png", "a-2.ids.png"} <= set(files_in(tmp_path / "out"))
+    assert len([p for p in (tmp_path / "out").iterdir() if KEY.sub("", p.name) == "a.ids.png"]) == 2
 
 
 def test_manifest_prompts_and_methods_per_row(fake, tmp_path, capsys):
@@ -272,7 +294,7 @@ def test_manifest_prompts_and_methods_per_row(fake, tmp_path, capsys):
     assert got == [("a red cube", "a blue cube", "dds", 3), ("a red cube", "a red ball", "pds", 3),
                    ("a cat", "a dog", "sds", 3)]
     assert {"x.dds.png", "x.pds.png", "y.sds.png"} <= set(files_in(out_dir))
-    assert json.loads((out_dir / "y.sds.json").read_text())["manifest_line"] == 4
+    assert json.loads(output(out_dir, "y.sds.json").read_text())["manifest_line"] == 4
 
 
 def test_manifest_is_validated_before_any_edit(fake, tmp_path, capsys):
@@ -367,16 +389,23 @@ def test_missing_prompts_and_no_command_are_usage_errors(fake, img, tmp_path, ca
 
 
 def test_out_must_not_overwrite_inputs(fake, tmp_path, capsys):
+    import argparse
+
+    from idsedit.manifest import EditJob
+
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    Image.new("RGB", (32, 32)).save(out_dir / "a.ids.png")          # an input that is also a planned output
-    before = (out_dir / "a.ids.png").read_bytes()
+    args = argparse.Namespace(model=None, invert=False)
+    key = edit_cli.edit_key(EditJob(tmp_path / "a.png", "a", "b"), "ids", EditConfig(), args)
+    clash = out_dir / f"a.ids.{key}.png"
+    Image.new("RGB", (32, 32)).save(clash)                         # an input that is also a planned output
+    before = clash.read_bytes()
     m = tmp_path / "e.csv"
-    m.write_text("image,source,target\na.png,a,b\nout/a.ids.png,a,b\n")
+    m.write_text(f"image,source,target\na.png,a,b\nout/{clash.name},a,b\n")
     code, _, err = run(capsys, "edit", m, "--out", out_dir)
     assert_one_line_error(code, err, "would overwrite the input")
-    assert (out_dir / "a.ids.png").read_bytes() == before and fake.edits == []
+    assert clash.read_bytes() == before and fake.edits == []
 
 
 def test_out_is_the_input_folder_or_a_file(fake, tmp_path, capsys, img):
@@ -430,13 +459,13 @@ def test_missing_cuda_index(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    cli.check_device("cuda:1")
+    edit_cli.check_device("cuda:1")
     with pytest.raises(IdseditError, match=r"only 2 CUDA device\(s\)"):
-        cli.check_device("cuda:2")
+        edit_cli.check_device("cuda:2")
 
 
 def test_unwritable_out_fails_before_loading(fake, img, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(edit_cli.os, "access", lambda path, mode: False)
     code, _, err = run(capsys, *edit(img, tmp_path / "out"))
     assert_one_line_error(code, err, "not writable")
     assert fake.load == []
@@ -456,13 +485,13 @@ def test_interrupt_during_edit_exits_130_with_no_outputs(fake, img, tmp_path, ca
 def test_interrupt_while_saving_leaves_no_partial_set(fake, img, tmp_path, capsys, monkeypatch):
     import idsedit.images as images
 
-    def interrupted(obj, path):
+    def interrupted(text, path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(images, "save_json_atomic", interrupted)     # after the PNGs were written
+    monkeypatch.setattr(images, "write_text", interrupted)           # the JSON, after the PNGs were written
     code, _, err = run(capsys, *edit(img, tmp_path / "out", "--frames-every", "100"))
     assert code == 130 and err.strip() == "interrupted"
-    assert files_in(tmp_path / "out") == []
+    assert list((tmp_path / "out").iterdir()) == []                  # no outputs, no temporaries
 
 
 # ----------------------------------------------------------------------------------------------- warnings
@@ -529,7 +558,7 @@ def test_plugins_are_registered_and_not_imported_for_other_commands(capsys, monk
     monkeypatch.setattr(cli, "_attach_plugin", lambda p, module: imported.append(module))
     parser = cli.build_parser(["edit", "x.png"])
     assert {"edit", "bench", "demo", "train-mini", "eval"} <= set(parser.subcommands)
-    assert imported == []
+    assert imported == ["idsedit.edit_cli"]                           # the selected command's module only
 
 
 def test_top_level_help_does_not_import_torch():

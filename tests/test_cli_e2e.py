@@ -4,6 +4,7 @@ checked (missing, incomplete, pickle-only) with one-line errors.
 """
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -23,6 +24,20 @@ def photo(tmp_path):
     return path
 
 
+KEY = re.compile(r"\.[0-9a-f]{8}(?=\.|$)")
+
+
+def names(folder):
+    """File names in ``folder`` with the 8-digit edit key taken out (photo.ids.<key>.png -> photo.ids.png)."""
+    return sorted(KEY.sub("", p.name) for p in folder.iterdir())
+
+
+def output(folder, name):
+    """The one path in ``folder`` whose name is ``name`` once its edit key is taken out."""
+    (hit,) = [p for p in folder.iterdir() if KEY.sub("", p.name) == name]
+    return hit
+
+
 def run(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -37,13 +52,13 @@ def test_edit_end_to_end_on_tiny_model(photo, tmp_path, capsys):
                          "--fpr-iters", "1", "--seed", "3", "--out", out_dir, "--quiet")
     assert code == 0, err
     assert "Traceback" not in err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["photo.ids.compare.png", "photo.ids.json", "photo.ids.png"]
-    edited = Image.open(out_dir / "photo.ids.png")
+    assert names(out_dir) == ["photo.ids.compare.png", "photo.ids.json", "photo.ids.png"]
+    edited = Image.open(output(out_dir, "photo.ids.png"))
     assert edited.size == (80, 48) and edited.mode == "RGB"
     assert not np.array_equal(np.asarray(edited), np.asarray(Image.open(photo)))   # something was edited
-    compare = Image.open(out_dir / "photo.ids.compare.png")
+    compare = Image.open(output(out_dir, "photo.ids.compare.png"))
     assert compare.width > 2 * compare.height * 80 // 48 * 0.9
-    rec = json.loads((out_dir / "photo.ids.json").read_text())
+    rec = json.loads(output(out_dir, "photo.ids.json").read_text())
     assert rec["config"]["method"] == "ids" and rec["config"]["steps"] == 2 and rec["config"]["seed"] == 3
     assert rec["config"]["distill"]["guidance"] == 5.0 and rec["config"]["distill"]["fpr_iters"] == 1
     assert rec["source"] == "a red square" and rec["target"] == "a blue square"
@@ -74,7 +89,7 @@ def test_pickle_only_model_needs_allow_pickle(photo, tmp_path, capsys, monkeypat
     assert not (tmp_path / "out").exists()
     code, _, err = run(capsys, *argv, "--allow-pickle")
     assert code == 0, err
-    assert (tmp_path / "out" / "photo.sds.png").is_file()
+    assert output(tmp_path / "out", "photo.sds.png").is_file()
 
 
 @pytest.mark.parametrize("make, phrase", [
@@ -100,7 +115,6 @@ def _no_weights(d):
     return d / "m"
 
 
-@pytest.mark.slow
 def test_invert_frames_mask_and_folder_on_tiny_model(tmp_path, capsys):
     pics = tmp_path / "pics"
     pics.mkdir()
@@ -113,10 +127,9 @@ def test_invert_frames_mask_and_folder_on_tiny_model(tmp_path, capsys):
     assert code == 0, err
     for stem, size in (("a", (64, 64)), ("b", (96, 64))):
         for suffix in ("png", "inverse.png"):
-            assert Image.open(out_dir / f"{stem}.dds.{suffix}").size == size
-        assert sorted(p.name for p in (out_dir / f"{stem}.dds.frames").iterdir()) == ["step_0001.png",
-                                                                                      "step_0002.png"]
-        rec = json.loads((out_dir / f"{stem}.dds.json").read_text())
+            assert Image.open(output(out_dir, f"{stem}.dds.{suffix}")).size == size
+        assert names(output(out_dir, f"{stem}.dds.frames")) == ["step_0001.png", "step_0002.png"]
+        rec = json.loads(output(out_dir, f"{stem}.dds.json").read_text())
         assert rec["invert"]["psnr_db"] is None or rec["invert"]["psnr_db"] > 0
         assert rec["unet_calls_total"]["forward"] == 2 * rec["unet_calls"]["forward"]
     assert out.count("A->B->A PSNR") == 2 and "2 of 2 edits done" in out
@@ -128,5 +141,5 @@ def test_invert_frames_mask_and_folder_on_tiny_model(tmp_path, capsys):
                        "--model", TINY_MODEL, "--steps", "2", "--mask", mask, "--method", "dds",
                        "--out", tmp_path / "masked", "--quiet")
     assert code == 0, err
-    edited = np.asarray(Image.open(tmp_path / "masked" / "a.dds.png")).astype(int)
+    edited = np.asarray(Image.open(output(tmp_path / "masked", "a.dds.png"))).astype(int)
     assert (edited[:, 40:] == [200, 20, 20]).all()               # outside the mask: the input, untouched

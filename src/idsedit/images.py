@@ -33,9 +33,6 @@ MIN_SIDE = 16
 MAX_PIXELS = 40_000_000
 """Largest accepted image area (40 MP); larger files are refused before decoding to protect memory."""
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-"""File suffixes that count as images when a folder is given (case-insensitive)."""
-
 ALPHA_MODES = ("LA", "La", "PA", "RGBa", "RGBA")
 """Pillow modes with an alpha channel (premultiplied or not)."""
 
@@ -44,6 +41,23 @@ READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM"
 external programs such as Ghostscript, are refused: inputs may come from anywhere."""
 
 WHITE = (255, 255, 255)
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    """Every file suffix Pillow registers for a format in READ_FORMATS that this installation opens."""
+    readable = set(_read_formats())
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in readable))
+
+
+def _read_formats() -> list[str]:
+    """The READ_FORMATS that this Pillow installation can open."""
+    Image.init()
+    return [f for f in READ_FORMATS if f in Image.OPEN]
+
+
+IMAGE_SUFFIXES = _image_suffixes()
+"""File suffixes that count as images when a folder is given (case-insensitive): exactly those of the formats
+:func:`load_image` reads (.png, .jpg/.jpeg, .webp, .bmp, .gif, .tif/.tiff, .ppm, .tga, ...), one shared list."""
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -76,12 +90,6 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, min_sid
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise InputImageError(f"{path} could not be decoded ({_one_line(e)}); the file may be truncated or "
                                   "corrupt: re-export it as PNG or JPEG") from None
-
-
-def _read_formats() -> list[str]:
-    """The READ_FORMATS that this Pillow installation can open."""
-    Image.init()
-    return [f for f in READ_FORMATS if f in Image.OPEN]
 
 
 def _check_is_readable_file(path: Path) -> None:
@@ -199,7 +207,8 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int], *, max_pixels: int
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (png/jpg/jpeg/webp/bmp, any case), sorted by name, no hidden files."""
+    """Image files directly inside ``folder`` (any suffix of IMAGE_SUFFIXES, any case), sorted by name, no hidden
+    files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputImageError(f"{folder} is not a folder")
@@ -305,17 +314,25 @@ def _format_for(path: Path) -> str:
     return fmt
 
 
+def write_image(img: Image.Image, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write ``img`` to ``path`` (not atomically: for temporaries), format from ``fmt`` or the suffix; fsync'd."""
+    path = Path(path)
+    fmt = fmt or _format_for(path)
+    if fmt == "JPEG" and img.mode not in ("RGB", "L", "CMYK"):
+        img = img.convert("RGB")
+    with open(path, "wb") as f:
+        img.save(f, format=fmt)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
 def save_image_atomic(img: Image.Image, path: str | os.PathLike) -> Path:
     """Write ``img`` to ``path`` (format from the suffix) via a temporary file and ``os.replace``."""
     path = Path(path)
     fmt = _format_for(path)
-    if fmt == "JPEG" and img.mode not in ("RGB", "L", "CMYK"):
-        img = img.convert("RGB")
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            img.save(f, format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
+        write_image(img, tmp, fmt)
     return path
 
 
@@ -343,16 +360,85 @@ def to_jsonable(obj):
     return str(obj)
 
 
+def json_text(obj) -> str:
+    """``obj`` (made JSON-able by :func:`to_jsonable`) as indented strict JSON text with a final newline."""
+    return json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write UTF-8 ``text`` to ``path`` (not atomically: for temporaries); fsync'd."""
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
 def save_json_atomic(obj, path: str | os.PathLike) -> Path:
     """Write ``obj`` (made JSON-able by :func:`to_jsonable`) as indented UTF-8 JSON, atomically."""
     path = Path(path)
-    text = json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json_text(obj)
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write_text(text, tmp)
     return path
+
+
+def temp_near(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """A new hidden temporary file (or folder) next to ``path``, made with the usual permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_together(moves: Sequence[tuple[Path, Path]], remove: Sequence[Path] = ()) -> None:
+    """Move every temporary ``tmp`` onto its ``dest`` and delete ``remove``, all or nothing.
+
+    Existing destinations (and the paths in ``remove``) are first renamed to hidden backups; then the temporaries
+    are renamed into place in order (put the file whose presence marks a complete set, e.g. the JSON record, last).
+    If any rename fails (or is interrupted), the ones already done are undone and the backups renamed back, so the
+    previous set is intact; the temporaries are deleted and the error re-raised. On success the backups go.
+    Files and folders alike; every rename stays within its folder (same file system, atomic on POSIX).
+    """
+    moves = [(Path(t), Path(d)) for t, d in moves]
+    backups: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for dest in [d for _, d in moves] + [Path(r) for r in remove]:
+            if dest.exists() or dest.is_symlink():
+                bak = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".bak"))
+                backups.append((dest, bak))
+                os.replace(dest, bak / dest.name)
+        for tmp, dest in moves:
+            os.replace(tmp, dest)
+            placed.append(dest)
+    except BaseException:
+        for dest in reversed(placed):
+            _remove(dest)
+        for dest, bak in reversed(backups):
+            if (bak / dest.name).exists() or (bak / dest.name).is_symlink():
+                os.replace(bak / dest.name, dest)
+            shutil.rmtree(bak, ignore_errors=True)
+        for tmp, _ in moves:
+            _remove(tmp)
+        raise
+    for _, bak in backups:
+        shutil.rmtree(bak, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------- figures
