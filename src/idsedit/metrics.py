@@ -92,4 +92,55 @@ def ssim(a, b, mask=None, data_range: float = 1.0) -> float:
     return float(m[inner].mean()) if inner.any() else float("nan")
 
 
-__all__ = ["psnr", "ssim", "ssim_map", "gaussian_window"]
+# --------------------------------------------------------------------------------------------- statistics
+PSNR_CAP = 100.0  # dB: identical images (PSNR = inf) are averaged as this value
+
+
+def capped_psnr(value: float, cap: float = PSNR_CAP) -> float:
+    """min(value, cap): a finite stand-in for the +inf PSNR of identical images (nan stays nan)."""
+    return float(min(value, cap)) if value == value else float("nan")
+
+
+def latent_psnr(z_ref, z, peak: float | None = None) -> float:
+    """PSNR between two latents (any shape): 10 log10(peak^2 / mean((z_ref - z)^2)), peak = max |z_ref| unless
+    given (latents are not in [0, 1]); capped at PSNR_CAP."""
+    a, b = np.asarray(z_ref, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    if a.shape != b.shape:
+        raise IdseditError(f"latents must have the same shape, got {a.shape} and {b.shape}")
+    peak = float(np.abs(a).max()) if peak is None else float(peak)
+    mse = float(((a - b) ** 2).mean())
+    return PSNR_CAP if mse == 0 else capped_psnr(10.0 * math.log10(peak ** 2 / mse))
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi): the sample mean and its percentile-bootstrap confidence interval.
+
+    ``n_boot`` resamples of the n values with replacement (seeded, so reports are reproducible); lo and hi are
+    the (1 - level)/2 and (1 + level)/2 quantiles of the resampled means. nan values are dropped first; an empty
+    sample gives (nan, nan, nan) and one value gives (v, v, v).
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def paired_bootstrap_ci(a, b, **kwargs) -> tuple[float, float, float]:
+    """(mean, lo, hi) of the paired differences a_i - b_i (cases where either is nan are dropped): the
+    bootstrap resamples cases, so what both methods share (the case's difficulty) cancels."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise IdseditError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
+    d = a - b
+    return bootstrap_ci(d[~np.isnan(d)], **kwargs)
+
+
+__all__ = ["psnr", "ssim", "ssim_map", "gaussian_window", "capped_psnr", "latent_psnr", "bootstrap_ci",
+           "paired_bootstrap_ci", "PSNR_CAP"]

@@ -1,0 +1,46 @@
+"""Named evaluation sizes. Any flag given on the command line overrides the preset's value.
+
+    quick      CI-sized: one case per family (6), 2 steps, every method, two small ablations; every output file.
+    standard   10 cases per family (60), 200 steps, every method, the paper's ablations on DDS and IDS:
+               N in {0, 1, 2, 5}, lambda in {0.1, 0.3, 3, 10}, 100 steps, guidance 3 and 15.
+    full       as standard with 25 cases per family (150).
+    frontier   the cost-quality sweep: DDS and the IDS variants at 25 / 50 / 100 / 200 steps and N = 1, 2
+               and every combination (quality against UNet forward-equivalents per edit), 4 cases per family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cases import FAMILIES
+
+
+@dataclass(frozen=True)
+class Preset:
+    per_family: int
+    steps: int
+    methods: str = "all"
+    families: tuple[str, ...] = FAMILIES
+    ablations: dict = field(default_factory=dict)   # setting -> values tried one at a time
+    ablate_methods: str = "dds,ids"
+    trace_every: int = 20           # decode every k steps for the drift curve (0: never)
+    residual_cases: int = 6         # cases whose FPR residual curves are measured
+    residual_ts: tuple[int, ...] = tuple(range(50, 950, 100))
+    n_boot: int = 2000
+    grid_cases: int = 12
+    product: bool = False           # ablations: every combination (frontier) instead of one factor at a time
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(per_family=1, steps=2, ablations={"fpr_iters": [1], "steps": [1]}, trace_every=1,
+                    residual_cases=1, residual_ts=(100, 500, 900), n_boot=200, grid_cases=6),
+    "standard": Preset(per_family=10, steps=200,
+                       ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
+                                  "guidance": [3.0, 15.0]}),
+    "full": Preset(per_family=25, steps=200,
+                   ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
+                              "guidance": [3.0, 15.0]}),
+    "frontier": Preset(per_family=4, steps=200, methods="dds,ids,ids-jf,ids-adaptive",
+                       ablations={"steps": [25, 50, 100], "fpr_iters": [1, 2]},
+                       ablate_methods="dds,ids,ids-jf,ids-adaptive", residual_cases=0, product=True),
+}

@@ -1,0 +1,203 @@
+"""From rows to evidence: means with bootstrap 95% CIs, paired differences between runs, tables and figures.
+
+Every number of the report is computed from ``rows.jsonl`` alone, so a resumed run gives the same tables.
+Rates (target reached, identity kept) are means of 0/1 per edit; PSNRs are capped at 100 dB (identical images).
+Paired differences resample cases, so what a case does to every method (its difficulty) cancels: a CI that
+excludes 0 says the difference is real on these cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import bootstrap_ci, paired_bootstrap_ci
+
+METRICS: dict[str, tuple[str, str, bool]] = {
+    # key: (column title, format, higher is better)
+    "target_reached": ("target reached", "pct", True),
+    "identity_kept": ("identity kept", "pct", True),
+    "kept_fraction": ("attributes kept", "pct", True),
+    "psnr_outside": ("PSNR outside (dB)", "db", True),
+    "ssim_outside": ("SSIM outside", "ssim", True),
+    "psnr_target": ("PSNR to truth (dB)", "db", True),
+    "ssim_target": ("SSIM to truth", "ssim", True),
+    "invert_psnr": ("A->B->A PSNR (dB)", "db", True),
+    "invert_latent_psnr": ("A->B->A latent PSNR (dB)", "db", True),
+    "seconds": ("s / edit", "sec", False),
+    "fe": ("UNet fwd-eq / edit", "int", False),
+    "peak_mem_mib": ("peak MiB", "int", False),
+}
+COST_METRICS = ("seconds", "fe", "peak_mem_mib")
+TIMING_METRICS = ("seconds", "peak_mem_mib")  # vary between runs of the same edits (not part of "the same table")
+PAIRED_METRICS = ("target_reached", "identity_kept", "kept_fraction", "psnr_outside", "psnr_target", "invert_psnr",
+                  "invert_latent_psnr")
+ATTRS = ("color", "shape", "size", "position", "floor", "background")
+
+
+def _value(row: dict, key: str) -> float:
+    v = row.get(key)
+    if isinstance(v, bool):
+        return float(v)
+    return float("nan") if v is None else float(v)
+
+
+def labels_in_order(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["label"] for r in rows))
+
+
+def summarize(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per run label: n, base/ablation, and for each metric {"mean", "lo", "hi"} (bootstrap 95% CI over edits);
+    ``kept_<attr>`` rates per unchanged attribute; ``fe_per_step``."""
+    out = {}
+    for label in labels_in_order(rows):
+        rs = [r for r in rows if r["label"] == label]
+        s = {"n": len(rs), "base": rs[0].get("base", label), "ablation": rs[0].get("ablation"),
+             "steps": rs[0].get("steps")}
+        for key in METRICS:
+            vals = [_value(r, key) for r in rs]
+            if all(math.isnan(v) for v in vals):
+                continue
+            m, lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+            s[key] = {"mean": m, "lo": lo, "hi": hi}
+        for a in ATTRS:
+            vals = [float(r["kept"][a]) for r in rs if a in r.get("kept", {})]
+            if vals:
+                m, lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+                s[f"kept_{a}"] = {"mean": m, "lo": lo, "hi": hi, "n": len(vals)}
+        if "fe" in s and s.get("steps"):
+            s["fe_per_step"] = s["fe"]["mean"] / s["steps"]
+        out[label] = s
+    return out
+
+
+def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """{label: {metric: {"mean", "lo", "hi", "n"}}}: label minus ``baseline`` on the cases both ran."""
+    by = {(r["case"], r["label"]): r for r in rows}
+    base_cases = [c for (c, lab) in by if lab == baseline]
+    out = {}
+    for label in labels_in_order(rows):
+        if label == baseline:
+            continue
+        cases = [c for c in base_cases if (c, label) in by]
+        if not cases:
+            continue
+        d = {}
+        for key in PAIRED_METRICS:
+            a = [_value(by[(c, label)], key) for c in cases]
+            b = [_value(by[(c, baseline)], key) for c in cases]
+            if all(math.isnan(v) for v in a + b):
+                continue
+            m, lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
+            d[key] = {"mean": m, "lo": lo, "hi": hi, "n": len(cases)}
+        out[label] = d
+    return out
+
+
+def family_table(rows: list[dict]) -> dict:
+    """{label: {family: {"n", "target_reached", "identity_kept", "psnr_outside"}}} (plain means)."""
+    out = {}
+    for label in labels_in_order(rows):
+        fam = {}
+        for f in dict.fromkeys(r["family"] for r in rows):
+            rs = [r for r in rows if r["label"] == label and r["family"] == f]
+            if rs:
+                fam[f] = {"n": len(rs), **{k: float(np.nanmean([_value(r, k) for r in rs]))
+                                           for k in ("target_reached", "identity_kept", "psnr_outside")}}
+        out[label] = fam
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- text
+def _fmt(v: float, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * v:.0f}%"
+    if kind == "db":
+        return f"{v:.2f}"
+    if kind == "ssim":
+        return f"{v:.3f}"
+    if kind == "sec":
+        return f"{v:.2f}"
+    return f"{v:.0f}"
+
+
+def _cell(s: dict | None, kind: str, ci: bool = True) -> str:
+    if not s:
+        return "-"
+    text = _fmt(s["mean"], kind)
+    if ci and s["lo"] != s["hi"]:
+        lo, hi = _fmt(s["lo"], kind), _fmt(s["hi"], kind)
+        text += f" [{lo.rstrip('%')}, {hi}]"
+    return text
+
+
+def _diff_cell(s: dict | None, kind: str) -> str:
+    if not s:
+        return "-"
+    scale = 100 if kind == "pct" else 1
+    unit = " pp" if kind == "pct" else ""
+    sig = " *" if (s["lo"] > 0 or s["hi"] < 0) else ""
+    return f"{scale * s['mean']:+.1f} [{scale * s['lo']:+.1f}, {scale * s['hi']:+.1f}]{unit}{sig}"
+
+
+def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: str | None, header: dict,
+                     cases: list[dict]) -> str:
+    """The summary as markdown: settings, main table, paired differences, per family, kept per attribute, cases."""
+    lines = ["# idsedit eval", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "## Per run: mean [bootstrap 95% CI] over edits", ""]
+    cols = [k for k in METRICS if any(k in s for s in summary.values())]
+    lines.append("| run | n | " + " | ".join(METRICS[k][0] for k in cols) + " |")
+    lines.append("|---|---|" + "---|" * len(cols))
+    for label, s in summary.items():
+        lines.append(f"| {label} | {s['n']} | " + " | ".join(_cell(s.get(k), METRICS[k][1], k not in COST_METRICS)
+                                                          for k in cols) + " |")
+    if baseline and diffs:
+        dcols = [k for k in PAIRED_METRICS if any(k in d for d in diffs.values())]
+        lines += ["", f"## Paired differences: run minus {baseline} (same cases), mean [95% CI]; * = CI excludes 0",
+                  "", "| run | n | " + " | ".join(METRICS[k][0] for k in dcols) + " |",
+                  "|---|---|" + "---|" * len(dcols)]
+        for label, d in diffs.items():
+            n = next(iter(d.values()))["n"] if d else 0
+            lines.append(f"| {label} | {n} | " + " | ".join(_diff_cell(d.get(k), METRICS[k][1]) for k in dcols) + " |")
+    fams = list(dict.fromkeys(f for fam in families.values() for f in fam))
+    lines += ["", "## Per edit family: target reached / identity kept", "",
+              "| run | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+    for label, fam in families.items():
+        lines.append(f"| {label} | " + " | ".join(
+            f"{100 * fam[f]['target_reached']:.0f}% / {100 * fam[f]['identity_kept']:.0f}%" if f in fam else "-"
+            for f in fams) + " |")
+    attrs = [a for a in ATTRS if any(f"kept_{a}" in s for s in summary.values())]
+    lines += ["", "## Unchanged attributes kept", "", "| run | " + " | ".join(attrs) + " |",
+              "|---|" + "---|" * len(attrs)]
+    for label, s in summary.items():
+        lines.append(f"| {label} | " + " | ".join(_cell(s.get(f"kept_{a}"), "pct", False) for a in attrs) + " |")
+    lines += ["", f"## Cases ({len(cases)})", "", "| case | seed | source prompt | target prompt |", "|---|---|---|---|"]
+    lines += [f"| {c['name']} | {c['seed']} | {c['source_prompt']} | {c['target_prompt']} |" for c in cases]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ("case", "family", "label", "variant", "base", "seed", "steps", "source_prompt", "target_prompt",
+              "target_reached", "identity_kept", "kept_fraction", "psnr_outside", "ssim_outside", "psnr_target",
+              "ssim_target", "vae_psnr_outside", "invert_psnr", "invert_psnr_outside", "invert_latent_psnr",
+              "seconds", "invert_seconds", "fe", "peak_mem_mib", "mem_kind", "image")
+
+
+def rows_csv(rows: list[dict]) -> str:
+    """Flat CSV of the rows (scalars only, plus kept_<attr> and the UNet counts)."""
+    extra = [f"kept_{a}" for a in ATTRS] + ["unet_forward", "unet_samples", "unet_backward", "unet_backward_samples"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(CSV_FIELDS) + extra)
+    for r in rows:
+        u = r.get("unet") or {}
+        w.writerow([r.get(k, "") if r.get(k) is not None else "" for k in CSV_FIELDS]
+                   + [r.get("kept", {}).get(a, "") for a in ATTRS]
+                   + [u.get("forward", ""), u.get("samples", ""), u.get("backward", ""), u.get("backward_samples", "")])
+    return buf.getvalue()

@@ -1,0 +1,392 @@
+"""Run every (case, run) edit once, score it, and append its row to ``rows.jsonl`` (crash-safe, resumable).
+
+Pairing. Each case has a seed; every run edits the case with a :class:`PairedSampler` seeded by it, whose step
+stream gives the loop's t and eps draws and whose separate method stream gives everything else (PDS's second
+noise, CDS's patch permutations). So DDS, CDS, PDS and IDS see exactly the same t and noise sequence on a case,
+even though CDS and PDS draw more numbers per step (``tests/test_evaluate.py`` checks this on the tiny model).
+Runs with other timestep settings (``pds@authors``) draw t on their own grid.
+
+Cost. UNet forward-equivalents per edit:
+
+    FE = samples + 2 * backward_samples
+
+``samples`` is the number of latents pushed through the UNet (one CFG call on source and target = 4) and
+``backward_samples`` the number pushed back through it by autograd (exact FPR: 2 per iteration, CDS: 1 per step);
+a backward pass costs about two forwards. They are counted by a forward pre-hook on ``prior.unet`` (so the
+counts hold whatever calls the prior makes). Exact IDS at the paper's settings: 200 x (10 + 2 x 6) = 4,400.
+
+Memory. Peak per edit: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak RSS (VmHWM) after
+resetting it before the edit (Linux ``/proc/self/clear_refs``; elsewhere the process's peak so far).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import IdseditError
+from ..metrics import capped_psnr, latent_psnr, psnr
+from ..rng import Sampler
+from .cases import ShapesEditCase, render_image
+
+ROWS_FILE = "rows.jsonl"
+RUN_FILE = "run.json"
+INVERT_SEED_OFFSET = 7919  # the backward edit of A -> B -> A draws from the case seed + this
+
+
+# --------------------------------------------------------------------------------------------------- sampling
+class PairedSampler(Sampler):
+    """Two seeded streams: the step stream (t, then the step's eps, in the loop's order) and a method stream
+    for any other draw; optionally t on a grid t = stride k + offset, k ~ U{lo, ..., hi - 1}."""
+
+    def __init__(self, seed: int, t_grid: tuple[int, int, int, int] | None = None, device: str = "cpu"):
+        super().__init__(torch.Generator(device=device).manual_seed(int(seed)))
+        self.method_generator = torch.Generator(device=device).manual_seed(int(seed) + 1_000_003)
+        self.t_grid = t_grid
+        self._eps_pending = False  # the next randn_like is the step's eps (draw_step: t first, then eps)
+
+    def randint(self, low: int, high: int, device="cpu"):
+        if self.t_grid is not None:
+            stride, offset, lo, hi = self.t_grid
+            t = torch.randint(lo, hi, (1,), generator=self.generator) * stride + offset
+        else:
+            t = torch.randint(low, high, (1,), generator=self.generator)
+        self._eps_pending = True
+        return t
+
+    def randn_like(self, x):
+        gen = self.generator if self._eps_pending else self.method_generator
+        self._eps_pending = False
+        return torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+    def permutation(self, n: int, device="cpu"):
+        return torch.randperm(n, generator=self.method_generator).to(device)
+
+
+# --------------------------------------------------------------------------------------------------- cost
+@dataclass
+class UNetCost:
+    """UNet work counted by :func:`count_unet`."""
+
+    forward: int = 0            # UNet calls
+    samples: int = 0            # latents pushed through
+    backward: int = 0           # backward passes through the UNet
+    backward_samples: int = 0   # latents pushed back through
+
+    @property
+    def forward_equivalents(self) -> int:
+        """samples + 2 * backward_samples (a backward costs about two forwards)."""
+        return self.samples + 2 * self.backward_samples
+
+    def record(self) -> dict:
+        return {"forward": self.forward, "samples": self.samples, "backward": self.backward,
+                "backward_samples": self.backward_samples, "forward_equivalents": self.forward_equivalents}
+
+
+@contextmanager
+def count_unet(unet: torch.nn.Module):
+    """Count the UNet calls made inside the block (forward pre-hook; gradients reaching the UNet's input)."""
+    cost = UNetCost()
+
+    def on_backward(grad):
+        cost.backward += 1
+        cost.backward_samples += int(grad.shape[0])
+
+    def pre_hook(_module, args, kwargs):
+        x = args[0] if args else kwargs.get("sample")
+        cost.forward += 1
+        cost.samples += int(x.shape[0])
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        x = x.view_as(x)
+        x.register_hook(on_backward)
+        if args:
+            return (x,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "sample": x}
+
+    handle = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield cost
+    finally:
+        handle.remove()
+
+
+# --------------------------------------------------------------------------------------------------- memory
+def _vm_hwm_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+@contextmanager
+def peak_memory(device: torch.device):
+    """Yield a dict that holds, after the block, ``peak_mem_mib`` and ``mem_kind`` (see the module docstring)."""
+    out: dict = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        out.update(peak_mem_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                   mem_kind="cuda_max_allocated")
+        return
+    reset = False
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        pass
+    yield out
+    hwm = _vm_hwm_mib()
+    if hwm is None:
+        import resource
+
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out.update(peak_mem_mib=round(hwm, 1), mem_kind="rss_peak" if reset else "rss_peak_process")
+
+
+# --------------------------------------------------------------------------------------------------- rows file
+def run_fingerprint(run_record: dict, case_record: dict, model: str, invert: bool) -> str:
+    """A short hash of everything that determines an edit's result (settings, case, model, protocol)."""
+    blob = json.dumps({"run": run_record, "case": case_record, "model": model, "invert": invert},
+                      sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of a rows.jsonl file. Every row is written with its newline in one write, so a line
+    without one is a write cut short by a crash: it is dropped and cut off the file so that appending continues
+    cleanly. A bad complete line is an IdseditError."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    rows, pos = [], 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl == -1:
+            break
+        line = data[pos:nl]
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                lineno = data.count(b"\n", 0, pos) + 1
+                raise IdseditError(f"{path}: line {lineno} is not valid JSON; move the file away to start over") from None
+        pos = nl + 1
+    if pos < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(pos)
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON line and fsync: a row is either wholly in the file or (after a crash) a torn last line
+    that :func:`read_rows` drops."""
+    line = json.dumps(row, allow_nan=False, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+# --------------------------------------------------------------------------------------------------- one edit
+def outside_mask(case: ShapesEditCase, size: int) -> np.ndarray:
+    """(size, size) bool: pixels outside the main object in the source and in the ground truth, dilated by one
+    pixel (the region :func:`idsedit.mini.evaluator.score_edit` scores as 'outside the object')."""
+    from ..shapes import render
+
+    m = (render(case.source_params, size).coverage > 0) | (render(case.target_params, size).coverage > 0)
+    grown = m.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown |= np.roll(np.roll(m, dy, 0), dx, 1)
+    return ~grown
+
+
+@dataclass
+class CaseContext:
+    """What every run of a case shares: the source render, its latent, prompts' embeddings, the mask."""
+
+    case: ShapesEditCase
+    source: object          # PIL image
+    source_arr: np.ndarray  # (H, W, 3) float in [0, 1]
+    z_src: torch.Tensor
+    cond_src: object
+    cond_trg: object
+    outside: np.ndarray
+    vae_psnr_outside: float  # decode(encode(source)) vs source outside the object: the VAE's ceiling
+
+    @classmethod
+    def build(cls, prior, case: ShapesEditCase, negative_prompt: str = "") -> "CaseContext":
+        from ..edit2d import image_to_tensor
+
+        size = prior.resolution
+        src = render_image(case.source_params, size)
+        arr = np.asarray(src, np.float32) / 255.0
+        z = prior.encode(image_to_tensor(src))
+        outside = outside_mask(case, size)
+        rec = _decode_arr(prior, z)
+        return cls(case, src, arr, z, prior.encode_text(case.source_prompt, negative_prompt),
+                   prior.encode_text(case.target_prompt, negative_prompt), outside,
+                   capped_psnr(psnr(rec, arr, mask=outside)))
+
+
+def _decode_arr(prior, z) -> np.ndarray:
+    """Latent -> (H, W, 3) float array in [0, 1], quantised to 8 bits as a saved image would be."""
+    x = prior.decode(z)[0].permute(1, 2, 0).float().cpu().numpy()
+    return np.round(x * 255.0) / 255.0
+
+
+def _edit(prior, z_src, cond_src, cond_trg, config, sampler, callback):
+    from ..edit2d import edit_latents
+
+    return edit_latents(prior, z_src, cond_src, cond_trg, config, sampler=sampler, callback=callback)
+
+
+def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, trace_every: int = 0) -> tuple[dict, object]:
+    """Edit ``ctx.case`` with ``run``; returns (row, edited PIL image). See the module docstring for the fields."""
+    import dataclasses
+
+    from PIL import Image
+
+    from ..mini.evaluator import score_edit
+
+    case = ctx.case
+    config = dataclasses.replace(run.config, seed=case.seed)
+    trace_steps, trace_psnr, fpr_t, fpr_norms = [], [], [], []
+
+    def on_step(i, z, draw, out):
+        norms = out.info.get("fpr_norms")
+        if norms:
+            fpr_t.append(int(draw.t.flatten()[0]))
+            fpr_norms.append([round(float(n), 5) for n in norms])
+        if trace_every and ((i + 1) % trace_every == 0 or i + 1 == config.steps):
+            trace_steps.append(i + 1)
+            trace_psnr.append(capped_psnr(psnr(_decode_arr(prior, z.detach()), ctx.source_arr, mask=ctx.outside)))
+
+    sampler = PairedSampler(case.seed, run.t_grid, device="cpu")
+    with peak_memory(prior.device) as mem, count_unet(prior.unet) as cost:
+        t0 = time.perf_counter()
+        z = _edit(prior, ctx.z_src, ctx.cond_src, ctx.cond_trg, config, sampler, on_step)
+        edited_arr = _decode_arr(prior, z)
+        seconds = time.perf_counter() - t0
+    edited = Image.fromarray((edited_arr * 255).round().astype(np.uint8))
+    score = score_edit(ctx.source_arr, edited_arr, source_params=case.source_params,
+                       target_params=case.target_params, evaluator=evaluator)
+    row = {
+        "case": case.name, "family": case.attribute, "label": run.label, "variant": run.variant,
+        "base": run.base or run.label, "ablation": list(run.ablation) if run.ablation else None, "seed": case.seed,
+        "source_prompt": case.source_prompt, "target_prompt": case.target_prompt, "steps": config.steps,
+        "changed": score["changed"], "reached": score["reached"], "kept": score["kept"],
+        "target_reached": score["target_reached"], "identity_kept": score["identity_kept"],
+        "kept_fraction": score["kept_fraction"],
+        "psnr_target": capped_psnr(score["psnr_target"]), "ssim_target": _finite(score["ssim_target"]),
+        "psnr_outside": capped_psnr(score["psnr_outside"]), "ssim_outside": _finite(score["ssim_outside"]),
+        "vae_psnr_outside": ctx.vae_psnr_outside, "pred": score["pred"],
+        "seconds": round(seconds, 4), "unet": cost.record(), "fe": cost.forward_equivalents, **mem,
+        "trace": {"step": trace_steps, "psnr_outside": trace_psnr} if trace_steps else None,
+        "fpr": {"t": fpr_t, "norms": fpr_norms} if fpr_t else None,
+    }
+    if invert:
+        back = PairedSampler(case.seed + INVERT_SEED_OFFSET, run.t_grid, device="cpu")
+        t1 = time.perf_counter()
+        z_back = _edit(prior, z, ctx.cond_trg, ctx.cond_src, config, back, None)
+        aba = _decode_arr(prior, z_back)
+        row.update(invert_psnr=capped_psnr(psnr(aba, ctx.source_arr)),
+                   invert_psnr_outside=capped_psnr(psnr(aba, ctx.source_arr, mask=ctx.outside)),
+                   invert_latent_psnr=latent_psnr(ctx.z_src.cpu().numpy(), z_back.cpu().numpy()),
+                   invert_seconds=round(time.perf_counter() - t1, 4))
+    return row, edited
+
+
+# --------------------------------------------------------------------------------------------------- many edits
+def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *, evaluator=None, invert: bool = True,
+                   trace_every: int = 0, progress: bool = True, on_row: Callable | None = None) -> list[dict]:
+    """Edit every case with every run, appending each row to ``out/rows.jsonl`` as it finishes; rows already
+    there with the same fingerprint are kept and their edits skipped (resume). Returns all rows in case x run
+    order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits)."""
+    from ..images import save_image_atomic
+    from ..mini.evaluator import load_evaluator
+
+    evaluator = evaluator or load_evaluator()
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows_path = out / ROWS_FILE
+    done = {(r["case"], r["label"]): r for r in read_rows(rows_path)}
+    neg = runs[0].config.distill.negative_prompt if runs else ""
+    plan = []
+    for case in cases:
+        for run in runs:
+            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name, invert)
+            prev = done.get((case.name, run.label))
+            if prev is not None and prev.get("fingerprint") != fp:
+                raise IdseditError(f"{rows_path} holds a result for {case.name} / {run.label} made with other settings "
+                                   "or another model: use another --out, or --overwrite to start over")
+            plan.append((case, run, fp, prev))
+    skipped = sum(1 for p in plan if p[3] is not None)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan), initial=skipped, unit="edit", desc="eval", dynamic_ncols=True)
+    rows, ctx = [], None
+    try:
+        for case, run, fp, prev in plan:
+            if prev is not None:
+                rows.append(prev)
+                continue
+            if ctx is None or ctx.case is not case:
+                ctx = CaseContext.build(prior, case, neg)
+            if bar is not None:
+                bar.set_postfix_str(f"{case.name} {run.label}", refresh=True)
+            row, img = run_edit(prior, ctx, run, evaluator, invert=invert, trace_every=trace_every)
+            name = f"images/{_safe(case.name)}.{_safe(run.label)}.png"
+            save_image_atomic(img, out / name)
+            row.update(image=name, fingerprint=fp, key=f"{case.name}|{run.label}")
+            append_row(rows_path, row)
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+            if on_row is not None:
+                on_row(row)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def _seedless(run) -> dict:
+    import dataclasses
+
+    d = dataclasses.asdict(run.config)
+    d.pop("seed", None)
+    return d
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+@=." else "_" for c in name)
