@@ -1,0 +1,521 @@
+"""What the web app does, without the web: check a request, run one edit (or two, to compare) in a worker thread
+with live progress, cooperative cancel and the model's lock held, and write its files under the output folder.
+
+Nothing here imports gradio, so it is tested directly (``tests/test_ui.py``) and reused by any other front end.
+
+    runner = EditRunner(prior, out_dir)
+    req = EditRequest.check(image_path, "a red cube", "a blue cube", method="ids", steps=200)
+    for event in runner.run(req, session="abc"):     # Progress / Frame / Done / Failed events, as they happen
+        ...
+    runner.cancel("abc")                             # from another thread: the run stops before its next step
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import queue
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..errors import IdseditError
+
+DEFAULT_OUT = "idsedit-ui"
+"""Output folder of the web app (relative to the working directory) unless --out says otherwise."""
+
+FPR_MODES = ("exact", "jacobian-free", "adaptive")
+
+
+# --------------------------------------------------------------------------------------------------- requests
+@dataclass
+class Settings:
+    """The settings the page exposes (None = the EditConfig / DistillConfig default)."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    fpr_iters: int | None = None
+    fpr_lambda: float | None = None
+    fpr_mode: str | None = None
+    seed: int | None = None
+
+
+def defaults() -> dict:
+    """The defaults the page shows: EditConfig() and DistillConfig() values of the exposed settings."""
+    from ..edit2d import EditConfig
+
+    e = EditConfig()
+    d = e.distill
+    return {"steps": e.steps, "guidance": d.guidance, "fpr_iters": d.fpr_iters, "fpr_lambda": d.fpr_lambda,
+            "fpr_mode": d.fpr_mode, "seed": e.seed if e.seed is not None else 0}
+
+
+def _number(name: str, value, kind, lo=None, strict=False):
+    """value as int/float (None stays None), with a one-line error naming the setting."""
+    if value is None or value == "":
+        return None
+    try:
+        x = kind(value)
+        if kind is int and float(value) != x:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise IdseditError(f"{name} must be a {'whole number' if kind is int else 'number'}, got {value!r}") from None
+    if kind is float and not np.isfinite(x):
+        raise IdseditError(f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (x <= lo if strict else x < lo):
+        raise IdseditError(f"{name} must be {'>' if strict else '>='} {lo}, got {value!r}")
+    return x
+
+
+def edit_config(method: str, settings: Settings):
+    """The EditConfig of one method variant with the page's settings: the settings apply first, then the
+    variant's own DistillConfig overrides (so ``ids-jf`` stays Jacobian-free whatever the FPR-mode box says)."""
+    from ..edit2d import EditConfig
+    from ..variants import variant_config
+
+    s = settings
+    base = EditConfig()
+    dist = {k: v for k, v in (("guidance", s.guidance), ("fpr_iters", s.fpr_iters), ("fpr_lambda", s.fpr_lambda),
+                              ("fpr_mode", s.fpr_mode)) if v is not None}
+    base = dataclasses.replace(base, distill=dataclasses.replace(base.distill, **dist))
+    over = {k: v for k, v in (("steps", s.steps), ("seed", s.seed)) if v is not None}
+    return variant_config(method, base, **over)
+
+
+@dataclass
+class EditRequest:
+    """One checked request: the image (RGB, as load_image read it), prompts, methods (one, or two to compare),
+    settings, an optional mask (mode L at the image's size, white = editable)."""
+
+    image: Image.Image
+    image_name: str
+    source: str
+    target: str
+    methods: list[str]
+    settings: Settings
+    mask: Image.Image | None = None
+    configs: list = field(default_factory=list)
+    run_dir: Path | None = None          # set by the runner: where this request's files go
+
+    @classmethod
+    def check(cls, image_path, source, target, *, method="ids", compare_with=None, steps=None, guidance=None,
+              fpr_iters=None, fpr_lambda=None, fpr_mode=None, seed=None, mask_path=None,
+              painted_mask: Image.Image | None = None, display_name: str | None = None) -> "EditRequest":
+        """Every check of the CLI, in its words: the image (images.load_image), the prompts, the method names
+        (variants), the settings (EditConfig), the mask (images.load_mask, or a painted one). IdseditError on
+        the first problem, with a one-line message naming the uploaded file by its own name."""
+        from ..images import load_image, load_mask
+        from ..variants import canonical_variant
+
+        if image_path is None or str(image_path).strip() == "":
+            raise IdseditError("no image: upload an image (PNG, JPEG, WebP, ...) or pick an example")
+        path = Path(str(image_path))
+        name = display_name or path.name
+        with _renamed_errors(path, name):
+            image = load_image(path)
+        for what, prompt in (("source", source), ("target", target)):
+            if prompt is None or not str(prompt).strip():
+                raise IdseditError(f"the {what} prompt is empty: give a short description such as "
+                                   f"\"a photo of a cat\"")
+        methods = [canonical_variant(method or "ids")]
+        if compare_with not in (None, "", "none", "(none)"):
+            other = canonical_variant(compare_with)
+            if other == methods[0]:
+                raise IdseditError(f"compare mode needs two different methods; both are {other}")
+            methods.append(other)
+        if fpr_mode in ("", None, "(method default)"):
+            fpr_mode = None
+        elif fpr_mode not in FPR_MODES:
+            raise IdseditError(f"unknown FPR mode {fpr_mode!r}: use one of {', '.join(FPR_MODES)}")
+        settings = Settings(steps=_number("steps", steps, int, 1), guidance=_number("guidance", guidance, float, 0,
+                                                                                      strict=True),
+                            fpr_iters=_number("FPR iterations", fpr_iters, int, 0),
+                            fpr_lambda=_number("lambda", fpr_lambda, float, 0), fpr_mode=fpr_mode,
+                            seed=_number("seed", seed, int))
+        configs = [edit_config(m, settings) for m in methods]
+        mask = None
+        if mask_path not in (None, ""):
+            mpath = Path(str(mask_path))
+            with _renamed_errors(mpath, mpath.name):
+                mask = load_mask(mpath, image.size)
+        elif painted_mask is not None:
+            mask = painted_mask.convert("L").resize(image.size, Image.Resampling.BILINEAR)
+        return cls(image, name, str(source).strip(), str(target).strip(), methods, settings, mask, configs)
+
+
+class _renamed_errors:
+    """Re-raise IdseditErrors with the server-side upload path replaced by the file's own name."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = str(path), name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        if e is not None and isinstance(e, IdseditError) and self.path in str(e):
+            raise type(e)(str(e).replace(self.path, self.name)) from None
+        return False
+
+
+def painted_mask(layers) -> Image.Image | None:
+    """A mask (mode L, white = editable) from an image editor's paint layers: every pixel any stroke covers
+    (alpha > 0) is editable. None when nothing is painted."""
+    mask = None
+    for layer in layers or []:
+        if layer is None:
+            continue
+        layer = layer if isinstance(layer, Image.Image) else Image.fromarray(np.asarray(layer))
+        a = np.asarray(layer.convert("RGBA"))[..., 3] > 0
+        mask = a if mask is None else (mask | a) if mask.shape == a.shape else mask
+    if mask is None or not mask.any():
+        return None
+    return Image.fromarray((mask * 255).astype(np.uint8), "L")
+
+
+# --------------------------------------------------------------------------------------------------- events
+@dataclass
+class Progress:
+    """Steps done of the whole request (both methods in compare mode) and the estimated seconds left."""
+
+    method: str
+    step: int            # within this method
+    steps: int
+    done: int            # over the request
+    total: int
+    eta_s: float | None
+
+
+@dataclass
+class Frame:
+    """A live preview: the current edit of ``method`` after ``step`` steps."""
+
+    method: str
+    step: int
+    image: Image.Image
+
+
+@dataclass
+class MethodDone:
+    """One method of the request finished (or was cancelled)."""
+
+    method: str
+    result: object               # EditResult (partial when cancelled)
+    residuals: list              # [(step, fpr iteration k, residual)] for IDS, else []
+    files: dict                  # {"edited": path, "record": path, "compare": path}
+    cancelled: bool
+    steps_done: int
+
+
+@dataclass
+class Done:
+    results: list                # [MethodDone] in request order
+    cancelled: bool
+    messages: list               # warnings raised during the run, one line each
+    wall_s: float
+
+
+@dataclass
+class Failed:
+    message: str                 # one line
+
+
+# --------------------------------------------------------------------------------------------------- running
+class Cancelled(Exception):
+    """Raised inside the edit's callback to stop it when the core has no ``should_stop`` parameter."""
+
+
+def _edit_supports_should_stop() -> bool:
+    from ..edit2d import edit_image
+
+    return "should_stop" in inspect.signature(edit_image).parameters
+
+
+class EditRunner:
+    """Runs edits on one prior, one at a time: the prior's lock (``prior.lock`` when the prior has one, else a
+    lock of this runner) is held for the whole request; ``cancel(session)`` asks that session's run to stop."""
+
+    def __init__(self, prior, out_dir: str | Path, *, frames: int = 12):
+        self.prior = prior
+        self.out_dir = Path(out_dir)
+        self.frames = frames
+        self.lock = getattr(prior, "lock", None) or threading.RLock()
+        self._stops: dict[str, threading.Event] = {}
+        self._stops_lock = threading.Lock()
+        self.seconds_per_step: dict[tuple, float] = {}    # (variant, latent size, settings) -> measured s/step
+
+    # ---------------------------------------------------------------- estimates
+    def _key(self, method: str, req: EditRequest) -> tuple:
+        s = req.settings
+        return (method, self.latent_size(req.image.size), s.fpr_iters, s.fpr_mode)
+
+    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        from ..images import fit_size
+
+        w, h = fit_size(size, self.prior.resolution, self.prior.latent_multiple)
+        return h // self.prior.vae_scale_factor, w // self.prior.vae_scale_factor
+
+    def estimate(self, req: EditRequest) -> float | None:
+        """Seconds the whole request should take, from earlier runs of the same methods at the same latent size
+        on this server (None when any of them has not run yet: the first step's timing then gives it)."""
+        total = 0.0
+        for m, cfg in zip(req.methods, req.configs):
+            sps = self.seconds_per_step.get(self._key(m, req))
+            if sps is None:
+                return None
+            total += sps * cfg.steps
+        return total
+
+    # ---------------------------------------------------------------- cancel
+    def running(self) -> list[str]:
+        """Sessions with a run in progress (at most one holds the model; the others wait for its lock)."""
+        with self._stops_lock:
+            return list(self._stops)
+
+    def cancel(self, session: str) -> bool:
+        """Ask the run of ``session`` to stop before its next step; True if one was running."""
+        with self._stops_lock:
+            ev = self._stops.get(session)
+        if ev is None:
+            return False
+        ev.set()
+        return True
+
+    # ---------------------------------------------------------------- run
+    def run(self, req: EditRequest, session: str = "default", *, poll_s: float = 0.1) -> Iterator:
+        """Run the request in a worker thread; yield Progress, Frame, MethodDone events as they happen, then Done
+        (or Failed with a one-line message). Leaving the iterator early cancels the run."""
+        stop = threading.Event()
+        with self._stops_lock:
+            if session in self._stops:
+                self._stops[session].set()
+            self._stops[session] = stop
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._work, args=(req, stop, events), daemon=True,
+                                  name=f"idsedit-ui-{session[:8]}")
+        worker.start()
+        try:
+            while True:
+                try:
+                    ev = events.get(timeout=poll_s)
+                except queue.Empty:
+                    if not worker.is_alive() and events.empty():
+                        yield Failed("the edit stopped without a result (a bug: please report it)")
+                        return
+                    continue
+                yield ev
+                if isinstance(ev, (Done, Failed)):
+                    return
+        finally:
+            stop.set()                          # a client that went away cancels its run
+            with self._stops_lock:
+                if self._stops.get(session) is stop:
+                    del self._stops[session]
+
+    def _work(self, req: EditRequest, stop: threading.Event, events: queue.Queue) -> None:
+        t0 = time.perf_counter()
+        try:
+            with self.lock, warnings.catch_warnings(record=True) as caught:   # one run at a time, so the
+                warnings.simplefilter("always")                               # process-wide catch is ours
+                results = []
+                total = sum(c.steps for c in req.configs)
+                done_before = 0
+                for method, cfg in zip(req.methods, req.configs):
+                    if stop.is_set():
+                        break
+                    md = self._one(req, method, cfg, stop, events, done_before, total)
+                    results.append(md)
+                    events.put(md)
+                    done_before += cfg.steps
+                    if md.cancelled:
+                        break
+            messages = _unique(" ".join(str(w.message).split()) for w in caught
+                               if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
+            events.put(Done(results, stop.is_set() or any(r.cancelled for r in results), messages,
+                            time.perf_counter() - t0))
+        except IdseditError as e:
+            events.put(Failed(_one_line(e)))
+        except Exception as e:                  # noqa: BLE001  the page shows one line, the log keeps the rest
+            import traceback
+
+            traceback.print_exc()
+            events.put(Failed(resource_message(e)))
+
+    def _one(self, req: EditRequest, method: str, cfg, stop, events, done_before: int, total: int) -> MethodDone:
+        from .. import edit2d
+        from ..images import restore_size
+
+        key = self._key(method, req)
+        position = req.methods.index(method)
+        every = max(1, cfg.steps // max(1, self.frames))
+        residuals: list = []
+        state = {"t_first": None, "last_z": None, "steps_done": 0}
+        known = self.seconds_per_step.get(key)
+        t_start = time.perf_counter()
+
+        def on_step(i, z, draw, out):
+            now = time.perf_counter()
+            norms = out.info.get("fpr_norms") if getattr(out, "info", None) else None
+            for k, r in enumerate(norms or []):
+                residuals.append((i + 1, k, float(r)))
+            state["steps_done"] = i + 1
+            state["last_z"] = z
+            if i == 0:
+                state["t_first"] = now
+            # s/step: from step 2 on (step 1 includes warm-up), else a previous run's figure, else step 1's
+            if i >= 1:
+                sps = (now - state["t_first"]) / i
+            else:
+                sps = known if known is not None else now - t_start
+            later = zip(req.methods[position + 1:], req.configs[position + 1:])
+            eta = sps * (cfg.steps - i - 1) + sum(self.seconds_per_step.get(self._key(m, req), sps) * c.steps
+                                                   for m, c in later)
+            events.put(Progress(method, i + 1, cfg.steps, done_before + i + 1, total, eta))
+            if (i + 1) % every == 0 or i + 1 == cfg.steps:
+                frame = restore_size(edit2d.tensor_to_image(self.prior.decode(z.detach())), req.image.size)
+                events.put(Frame(method, i + 1, edit2d._composite(frame, req.image, req.mask)))
+            if not _SUPPORTS_STOP[0] and stop.is_set():
+                raise Cancelled
+
+        if _SUPPORTS_STOP[0] is None:
+            _SUPPORTS_STOP[0] = _edit_supports_should_stop()
+        kwargs = {"should_stop": stop.is_set} if _SUPPORTS_STOP[0] else {}
+        try:
+            result = edit2d.edit_image(self.prior, req.image, req.source, req.target, cfg, mask=req.mask,
+                                       progress=False, callback=on_step, **kwargs)
+            cancelled = bool(getattr(result, "cancelled", False))
+        except Cancelled:                       # the core without should_stop: build the partial result here
+            result = self._partial(req, cfg, state)
+            cancelled = True
+        if state["t_first"] is not None and state["steps_done"] >= 3 and not cancelled:
+            self.seconds_per_step[key] = (time.perf_counter() - state["t_first"]) / (state["steps_done"] - 1)
+        files = self.write(req, method, result, residuals, cancelled, state["steps_done"])
+        return MethodDone(method, result, residuals, files, cancelled, state["steps_done"])
+
+    def _partial(self, req: EditRequest, cfg, state):
+        """An EditResult of the steps done so far (used only when the core cannot stop on its own)."""
+        from .. import edit2d
+        from ..images import restore_size
+
+        z = state["last_z"]
+        if z is None:
+            img = req.image.copy()
+        else:
+            img = edit2d._composite(restore_size(edit2d.tensor_to_image(self.prior.decode(z.detach())),
+                                                 req.image.size), req.image, req.mask)
+        res = edit2d.EditResult(image=img, source_image=req.image, latent=z, source_latent=None, config=cfg,
+                                source=req.source, target=req.target)
+        res.cancelled = True
+        return res
+
+    # ---------------------------------------------------------------- files
+    def write(self, req: EditRequest, method: str, result, residuals, cancelled: bool, steps_done: int) -> dict:
+        """Write <stem>.<method>.png, .compare.png and .json into a fresh folder under the output folder
+        (atomically, the record last); return their paths."""
+        from .. import __version__
+        from ..images import comparison_image, save_image_atomic, save_json_atomic
+
+        run_dir = self._run_dir(req)
+        stem = f"{safe_stem(req.image_name)}.{method.replace('+', '-')}"
+        files = {"edited": run_dir / f"{stem}.png", "compare": run_dir / f"{stem}.compare.png",
+                 "record": run_dir / f"{stem}.json"}
+        save_image_atomic(result.image, files["edited"])
+        label = f"{method}: {req.target}" + (f" (cancelled at step {steps_done})" if cancelled else "")
+        save_image_atomic(comparison_image(req.image, result.image, [f"source: {req.source}", label]),
+                          files["compare"])
+        try:
+            record = dict(result.record())
+        except Exception:                       # noqa: BLE001  a partial result without latents
+            record = {"source": req.source, "target": req.target, "config": dataclasses.asdict(result.config)}
+        record.update({"idsedit_version": __version__, "input": req.image_name, "method": method,
+                       "model": getattr(self.prior, "name", None) or "bundled mini prior",
+                       "device": str(getattr(self.prior, "device", "")),
+                       "dtype": str(getattr(self.prior, "dtype", "")).replace("torch.", ""),
+                       "mask": req.mask is not None, "cancelled": cancelled, "steps_done": steps_done,
+                       "fpr_residuals": [{"step": s, "iteration": k, "residual": r} for s, k, r in residuals],
+                       "outputs": {k: v.name for k, v in files.items()}, "written_by": "idsedit ui"})
+        save_json_atomic(record, files["record"])
+        return files
+
+    def _run_dir(self, req: EditRequest) -> Path:
+        if req.run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            base = self.out_dir / "runs"
+            base.mkdir(parents=True, exist_ok=True)
+            n = 0
+            while True:
+                d = base / (f"{stamp}-{safe_stem(req.image_name)}" + (f"-{n}" if n else ""))
+                try:
+                    d.mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+            req.run_dir = d
+        return req.run_dir
+
+
+_SUPPORTS_STOP: list = [None]
+
+
+def safe_stem(name: str) -> str:
+    """A file name's stem reduced to [A-Za-z0-9._-] (uploads can be named anything)."""
+    stem = Path(str(name)).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+
+
+def _unique(lines) -> list[str]:
+    out = []
+    for line in lines:
+        if line and line not in out:
+            out.append(line)
+    return out
+
+
+def _one_line(e: BaseException | str) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def resource_message(e: BaseException) -> str:
+    """One line for an unexpected error: out of memory, disk, or a bug."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return "out of memory: use a smaller image or fewer steps, or start the server with another --device"
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        return f"could not write{where}: {e.strerror or _one_line(e)}: free disk space or choose another --out"
+    return f"unexpected {type(e).__name__}: {_one_line(e)[:200]} (a bug: please report it)"
+
+
+# --------------------------------------------------------------------------------------------------- examples
+@dataclass
+class Example:
+    path: Path
+    source: str
+    target: str
+    label: str
+
+
+def render_examples(out_dir: str | Path, size: int, n: int = 6, seed: int = 0) -> list[Example]:
+    """n seeded shapes-world colour edits rendered as PNGs under ``out_dir``: each scene's canonical caption
+    ("a red cube") and the caption with the main object's colour changed ("a blue cube")."""
+    from ..images import save_image_atomic
+    from ..shapes import COLORS, caption, render, sample_scene, with_changes
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        p = sample_scene(rng)
+        q = with_changes(p, color=str(rng.choice([c for c in COLORS if c != p.main.color])))
+        path = out_dir / f"shapes-{seed}-{i:02d}-{size}px.png"
+        if not path.exists():
+            rgb = (render(p, size).rgb * 255).round().astype(np.uint8)
+            save_image_atomic(Image.fromarray(rgb), path)
+        examples.append(Example(path, caption(p), caption(q), f"{caption(p)} -> {caption(q)}"))
+    return examples

@@ -1,0 +1,376 @@
+"""`idsedit ui`: the request checks and the edit runner directly, then the real app on a free localhost port driven
+by a real headless Chromium (Debian's chromium + chromium-driver through selenium) and by gradio_client.
+
+The browser comes from the system (no download at test time): the session fixture installs Debian's packages with
+apt-get when they are missing and this runs as root, and skips with the reason only where that is impossible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_MODEL
+
+pytest.importorskip("gradio", reason='the web UI extra is not installed: pip install -e ".[ui]"')
+
+from idsedit.errors import IdseditError, InputImageError  # noqa: E402
+from idsedit.ui.jobs import (Done, EditRequest, EditRunner, Failed, Frame, MethodDone, Progress,  # noqa: E402
+                             edit_config, painted_mask, render_examples)
+
+SRC, TRG = "a red cube", "a blue cube"
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A rendered shapes-world image, a text file posing as an input, a half-white mask."""
+    d = tmp_path_factory.mktemp("ui-inputs")
+    ex = render_examples(d, size=64, n=1)[0]
+    notes = d / "notes.txt"
+    notes.write_text("this is not an image\n")
+    mask = d / "left-half.png"
+    m = np.zeros((64, 64), np.uint8)
+    m[:, :32] = 255
+    Image.fromarray(m).save(mask)
+    return {"image": ex.path, "notes": notes, "mask": mask, "source": ex.source, "target": ex.target}
+
+
+def test_request_checks_speak_the_clis_words(files):
+    """Bad input gets the CLI's one-line errors, naming the file by its own name."""
+    with pytest.raises(InputImageError) as e:
+        EditRequest.check(files["notes"], SRC, TRG, display_name="notes.txt")
+    msg = str(e.value)
+    assert msg.startswith("notes.txt is not an image in a supported format") and "\n" not in msg
+    with pytest.raises(IdseditError, match="the target prompt is empty"):
+        EditRequest.check(files["image"], SRC, "   ")
+    with pytest.raises(IdseditError, match="unknown method 'magic'"):
+        EditRequest.check(files["image"], SRC, TRG, method="magic")
+    with pytest.raises(IdseditError, match="compare mode needs two different methods"):
+        EditRequest.check(files["image"], SRC, TRG, method="ids", compare_with="IDS-exact")
+    with pytest.raises(IdseditError, match="steps must be >= 1"):
+        EditRequest.check(files["image"], SRC, TRG, steps=0)
+    with pytest.raises(IdseditError, match="steps must be a whole number"):
+        EditRequest.check(files["image"], SRC, TRG, steps=2.5)
+    with pytest.raises(IdseditError, match="no image"):
+        EditRequest.check(None, SRC, TRG)
+    req = EditRequest.check(files["image"], SRC, TRG, method="ids", compare_with="dds", steps=3.0,
+                            mask_path=files["mask"])
+    assert req.methods == ["ids", "dds"] and [c.steps for c in req.configs] == [3, 3]
+    assert req.mask.size == req.image.size and req.mask.getpixel((0, 0)) == 255 and req.mask.getpixel((63, 0)) == 0
+
+
+def test_settings_then_variant_overrides():
+    """The page's settings reach the EditConfig; a variant's own overrides win (ids-jf stays Jacobian-free)."""
+    from idsedit.ui.jobs import Settings
+
+    s = Settings(steps=7, guidance=5.0, fpr_iters=2, fpr_lambda=0.5, fpr_mode="exact", seed=3)
+    cfg = edit_config("ids-jf", s)
+    assert (cfg.method, cfg.steps, cfg.seed) == ("ids", 7, 3)
+    assert (cfg.distill.guidance, cfg.distill.fpr_iters, cfg.distill.fpr_lambda) == (5.0, 2, 0.5)
+    assert cfg.distill.fpr_mode == "jacobian-free"
+    assert edit_config("ids", s).distill.fpr_mode == "exact"
+    assert edit_config("ids", Settings()).steps == 200          # None = the EditConfig default
+
+
+def test_painted_mask_is_the_union_of_strokes():
+    a = np.zeros((8, 8, 4), np.uint8)
+    a[2:4, 2:4] = (255, 0, 255, 255)
+    b = np.zeros((8, 8, 4), np.uint8)
+    b[6, 6] = (255, 0, 255, 10)
+    m = np.asarray(painted_mask([Image.fromarray(a), Image.fromarray(b)]))
+    assert m.sum() == 255 * 5 and m[2, 2] == m[3, 3] == m[6, 6] == 255 and m[0, 0] == 0
+    assert painted_mask([Image.fromarray(np.zeros((8, 8, 4), np.uint8))]) is None
+    assert painted_mask(None) is None
+
+
+# --------------------------------------------------------------------------------------------------- runner
+def _drain(events):
+    out = list(events)
+    assert isinstance(out[-1], (Done, Failed)), out[-1]
+    return out
+
+
+def test_runner_edits_in_a_thread_and_writes_only_under_out(tiny_prior, files, tmp_path):
+    runner = EditRunner(tiny_prior, tmp_path / "out", frames=3)
+    req = EditRequest.check(files["image"], SRC, TRG, method="ids", compare_with="dds", steps=3, seed=1)
+    events = _drain(runner.run(req, "s1"))
+    done = events[-1]
+    assert isinstance(done, Done) and not done.cancelled
+    prog = [e for e in events if isinstance(e, Progress)]
+    assert [p.done for p in prog] == [1, 2, 3, 4, 5, 6] and prog[-1].total == 6
+    assert [(f.method, f.step) for f in events if isinstance(f, Frame)] == [("ids", 1), ("ids", 2), ("ids", 3),
+                                                                           ("dds", 1), ("dds", 2), ("dds", 3)]
+    ids, dds = done.results
+    assert isinstance(ids, MethodDone) and (ids.method, dds.method) == ("ids", "dds")
+    assert [(s, k) for s, k, _ in ids.residuals] == [(s, k) for s in (1, 2, 3) for k in range(3)]
+    assert dds.residuals == []
+    rec = json.loads(ids.files["record"].read_text())
+    assert rec["method"] == "ids" and rec["config"]["steps"] == 3 and rec["steps_done"] == 3
+    assert rec["source"] == SRC and not rec["cancelled"] and len(rec["fpr_residuals"]) == 9
+    assert rec["fpr_residuals"][0]["residual"] == pytest.approx(ids.residuals[0][2])
+    assert rec["unet_calls"]["backward"] == 9                  # exact FPR: 3 backward passes per step
+    # the same seed gives both methods the same first draw, so their first-step FPR-free parts agree in shape
+    assert Image.open(ids.files["edited"]).size == req.image.size
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written and all(p.is_relative_to(tmp_path / "out") for p in written)
+    assert not [p for p in tmp_path.iterdir() if p.name != "out"]
+    assert runner.estimate(req) is not None and runner.estimate(req) > 0
+
+
+def test_runner_cancel_stops_promptly_and_frees_the_model(tiny_prior, files, tmp_path):
+    runner = EditRunner(tiny_prior, tmp_path / "out", frames=1)
+    req = EditRequest.check(files["image"], SRC, TRG, method="dds", steps=10_000)
+    seen = []
+    for ev in runner.run(req, "s2"):
+        seen.append(ev)
+        if isinstance(ev, Progress) and ev.step == 2:
+            assert runner.cancel("s2")
+        if isinstance(ev, (Done, Failed)):
+            break
+    done = seen[-1]
+    assert isinstance(done, Done) and done.cancelled
+    md = done.results[0]
+    assert md.cancelled and 2 <= md.steps_done <= 4             # stopped before the next step (or one more)
+    assert json.loads(md.files["record"].read_text())["cancelled"] is True
+    assert not runner.cancel("s2")                              # nothing left running for that session
+    again = _drain(runner.run(EditRequest.check(files["image"], SRC, TRG, method="dds", steps=2), "s2"))
+    assert isinstance(again[-1], Done) and again[-1].results[0].steps_done == 2
+
+
+def test_cli_says_how_to_install_gradio(monkeypatch, capsys):
+    import importlib.util
+
+    from idsedit import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert cli.main(["ui", "--port", "7999"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == 'error: the web UI needs gradio: pip install -e ".[ui]"'
+
+
+# --------------------------------------------------------------------------------------------------- browser
+def _install_browser() -> tuple[str, str] | str:
+    """(chromium, chromedriver) paths, installing Debian's packages as root when missing; else the reason."""
+    def found():
+        b = shutil.which("chromium") or shutil.which("chromium-browser")
+        return (b, shutil.which("chromedriver")) if b and shutil.which("chromedriver") else None
+
+    if found():
+        return found()
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "no chromium/chromedriver and cannot install them (needs root and apt-get): " \
+               "apt-get install chromium chromium-driver"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            return f"installing chromium failed ({' '.join(cmd)}): {r.stderr.strip().splitlines()[-1:]}"
+    return found() or "apt-get installed chromium but the binaries are not on PATH"
+
+
+@pytest.fixture(scope="session")
+def browser_paths():
+    got = _install_browser()
+    if isinstance(got, str):
+        pytest.skip(got)
+    return got
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_prior, tmp_path_factory):
+    """The real app over the tiny test model on a free localhost port, with its own output folder."""
+    from idsedit.ui import create, launch
+
+    out = tmp_path_factory.mktemp("ui-server") / "out"
+    app, runner = create(tiny_prior, out)
+    url = launch(app, host="127.0.0.1", port=_free_port(), block=False)
+    yield {"url": url.rstrip("/"), "out": out, "runner": runner}
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def driver(browser_paths, tmp_path_factory):
+    pytest.importorskip("selenium", reason='selenium is part of the ui extra: pip install -e ".[ui]"')
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1400,1700"):
+        opts.add_argument(a)
+    opts.binary_location = browser_paths[0]
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    d = webdriver.Chrome(service=Service(browser_paths[1]), options=opts)
+    d.downloads = downloads
+    yield d
+    d.quit()
+
+
+def _page(driver, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#run"))
+
+
+def _css(driver, sel):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, sel)
+
+
+def _status(driver) -> str:
+    return _css(driver, "#status").text.strip()
+
+
+def _wait(driver, cond, timeout=60, what=""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: cond(d))
+    except Exception:
+        raise AssertionError(f"timed out waiting for {what}; status: {_status(driver)!r}") from None
+
+
+def _fill(driver, image, source=SRC, target=TRG, steps=3):
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "#upload button[aria-label=Clear]"):
+        button.click()                                # a file is there already: remove it first
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), 10, "the upload box")
+    _css(driver, "#upload input[type=file]").send_keys(str(image))
+    for sel, text in (("#source textarea", source), ("#target textarea", target), ("#steps input", str(steps))):
+        box = _css(driver, sel)
+        box.clear()
+        box.send_keys(text)
+
+
+def test_browser_edit_shows_result_and_downloads_record(server, driver, files):
+    from selenium.webdriver.common.by import By
+
+    _page(driver, server["url"])
+    _fill(driver, files["image"])
+    _wait(driver, lambda d: "ready" in _status(d), 20, "the upload preview")
+    assert _status(driver).startswith(f"{files['image'].name}: 64x64")
+    _css(driver, "#run").click()
+    _wait(driver, lambda d: _status(d).startswith("done"), 60, "the edit")
+    assert "ids: 3 steps" in _status(driver)
+    src = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#out_a img"), 10, "the edited image")[0]
+    assert "/gradio_api/file=" in src.get_attribute("src")
+    assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", src) >= 256
+    links = {a.text.split("\n")[0]: a for a in driver.find_elements(By.CSS_SELECTOR, "#downloads a")}
+    names = [a.get_attribute("href").rsplit("/", 1)[-1] for a in links.values()]
+    stem = files["image"].stem
+    assert sorted(names) == sorted([f"{stem}.ids.png", f"{stem}.ids.compare.png", f"{stem}.ids.json"])
+    record_link = next(a for a in links.values() if a.get_attribute("href").endswith(".json"))
+    driver.execute_script("arguments[0].click()", record_link)
+    path = driver.downloads / f"{stem}.ids.json"
+    _wait(driver, lambda d: path.is_file() and path.stat().st_size > 0, 20, "the record download")
+    rec = json.loads(path.read_text())
+    assert (rec["method"], rec["source"], rec["target"], rec["steps_done"]) == ("ids", SRC, TRG, 3)
+    assert len(rec["fpr_residuals"]) == 9 and rec["written_by"] == "idsedit ui"
+    assert (server["out"] / "runs").is_dir() and list((server["out"] / "runs").rglob(f"{stem}.ids.json"))
+
+
+def test_browser_bad_file_shows_one_line_and_app_keeps_working(server, driver, files):
+    from selenium.webdriver.common.by import By
+
+    _page(driver, server["url"])
+    _fill(driver, files["notes"])
+    _wait(driver, lambda d: _status(d).startswith("error:"), 20, "the upload error")
+    assert _status(driver).startswith("error: notes.txt is not an image in a supported format")
+    _css(driver, "#run").click()                      # Run anyway: the same one line, no traceback
+    toast = _wait(driver, lambda d: [t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")
+                                     if t.text.strip()], 20, "the error toast")[0]
+    assert toast.startswith("notes.txt is not an image in a supported format")
+    page = driver.find_element(By.TAG_NAME, "body").text
+    assert "notes.txt is not an image" in _status(driver) and "Traceback" not in page
+    _fill(driver, files["image"], steps=2)
+    _wait(driver, lambda d: "ready" in _status(d), 20, "the good upload")
+    _css(driver, "#run").click()
+    _wait(driver, lambda d: _status(d).startswith("done"), 60, "the edit after the error")
+    assert "ids: 2 steps" in _status(driver)
+
+
+def test_browser_cancel_stops_and_next_run_works(server, driver, files):
+    _page(driver, server["url"])
+    _fill(driver, files["image"], steps=20000)
+    _wait(driver, lambda d: "ready" in _status(d), 20, "the upload preview")
+    _css(driver, "#run").click()
+    _wait(driver, lambda d: "left" in _status(d) or "about" in _status(d), 30, "the run to start")
+    time.sleep(0.5)
+    _css(driver, "#cancel").click()
+    _wait(driver, lambda d: _status(d).startswith("cancelled"), 20, "the cancel")
+    assert "cancelled after" in _status(driver)
+    steps = _css(driver, "#steps input")
+    steps.clear()
+    steps.send_keys("2")
+    _css(driver, "#run").click()
+    _wait(driver, lambda d: _status(d).startswith("done"), 60, "the edit after cancelling")
+
+
+def test_gradio_client_calls_the_same_endpoint(server, files):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server["url"] + "/", verbose=False)
+    status, _live, source, edited, compare, plot, paths = client.predict(
+        handle_file(str(files["image"])), SRC, TRG, "ids", "dds", 3, 7.5, 2, 1.0, "exact", 0, None, None,
+        api_name="/edit")
+    assert status.startswith("done; ids: 3 steps; dds: 3 steps")
+    assert Image.open(edited).size == Image.open(source).size
+    assert compare["visible"] is True and Image.open(compare["value"]).size == Image.open(source).size
+    assert {row[2] for row in plot["data"]} == {"ids, FPR iteration 1", "ids, FPR iteration 2"}
+    recs = [json.loads(Path(p).read_text()) for p in paths if p.endswith(".json")]
+    assert [r["method"] for r in recs] == ["ids", "dds"] and recs[0]["config"]["distill"]["fpr_iters"] == 2
+    with pytest.raises(AppError, match="notes.txt is not an image in a supported format"):
+        client.predict(handle_file(str(files["notes"])), SRC, TRG, "ids", "none", 3, 7.5, 3, 1.0, "exact", 0,
+                       None, None, api_name="/edit")
+
+
+def test_one_run_at_a_time_with_queue_position(server, files):
+    """A second client waits in the queue (its position is reported) until the first run ends."""
+    from gradio_client import Client, handle_file
+
+    a, b = Client(server["url"] + "/", verbose=False), Client(server["url"] + "/", verbose=False)
+    args = (SRC, TRG, "dds", "none")
+    job_a = a.submit(handle_file(str(files["image"])), *args, 20000, 7.5, 3, 1.0, "exact", 0, None, None,
+                     api_name="/edit")
+    deadline = time.time() + 30
+    while not server["runner"].running() and time.time() < deadline:
+        time.sleep(0.05)
+    job_b = b.submit(handle_file(str(files["image"])), *args, 2, 7.5, 3, 1.0, "exact", 0, None, None,
+                     api_name="/edit")
+    ranks = []
+    while time.time() < deadline and not job_b.done():
+        st = job_b.status()
+        if st.rank is not None:
+            ranks.append(st.rank)
+        if ranks:
+            break
+        time.sleep(0.05)
+    assert ranks and ranks[0] >= 0 and not job_b.done()          # queued behind a, which holds the model
+    a.predict(api_name="/cancel")
+    assert job_a.result(timeout=30)[0].startswith("cancelled")
+    assert job_b.result(timeout=60)[0].startswith("done; dds: 2 steps")
