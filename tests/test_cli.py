@@ -574,3 +574,193 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("idsedit ")
+
+
+# ----------------------------------------------------------------------------------------------- reruns (issue 11)
+def _bytes(folder):
+    return {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_edit_command_is_a_routed_module():
+    """cli.py only routes: `edit` is a PLUGINS entry whose module has add_arguments/cli_main."""
+    assert cli.PLUGINS["edit"][0] == "idsedit.edit_cli"
+    assert callable(edit_cli.add_arguments) and callable(edit_cli.cli_main)
+    assert not hasattr(cli, "run_edit") and not hasattr(cli, "write_outputs")
+
+
+def test_rerun_of_the_same_edit_is_skipped_and_other_edits_never_collide(fake, img, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, *edit(img, out_dir, "--steps", "2"))
+    assert code == 0, err
+    first = _bytes(out_dir)
+    code, out, err = run(capsys, *edit(img, out_dir, "--steps", "2"))   # the same edit again: nothing to do
+    assert code == 0 and len(fake.edits) == 1 and "already done" in out and _bytes(out_dir) == first
+    assert len(fake.load) == 1                                            # not even the model was loaded
+    for flags in (["--target", "a dog"], ["--seed", "1"], ["--method", "dds"], ["--guidance", "3"]):
+        argv = edit(img, out_dir, "--steps", "2")
+        if flags[0] == "--target":
+            argv[argv.index("--target") + 1] = flags[1]
+        else:
+            argv += flags
+        assert run(capsys, *argv)[0] == 0
+    assert len(fake.edits) == 5 and len(list(out_dir.glob("*.json"))) == 5   # five edits, five sets
+    assert {k: v for k, v in _bytes(out_dir).items() if k in first} == first  # the first set is untouched
+
+
+def test_overwrite_runs_the_same_edit_again(fake, img, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert run(capsys, *edit(img, out_dir, "--steps", "2"))[0] == 0
+    assert run(capsys, *edit(img, out_dir, "--steps", "2", "--overwrite"))[0] == 0
+    assert len(fake.edits) == 2 and len(list(out_dir.glob("*.json"))) == 1
+
+
+def test_batch_rerun_resumes_after_ctrl_c_and_says_how_many_it_skipped(fake, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name, red in (("a.png", 1), ("b.png", 2), ("c.png", 3)):
+        Image.new("RGB", (32, 32), (red, 0, 0)).save(folder / name)
+    real = edit2d.edit_image
+
+    def ctrl_c_at_c(prior, image, *a, **k):
+        if image.getpixel((0, 0))[0] == 3:
+            raise KeyboardInterrupt
+        return real(prior, image, *a, **k)
+
+    monkeypatch.setattr(edit2d, "edit_image", ctrl_c_at_c)
+    code, _, err = run(capsys, *edit(folder, tmp_path / "out"))
+    assert code == 130 and files_in(tmp_path / "out") == ["a.ids.compare.png", "a.ids.json", "a.ids.png",
+                                                          "b.ids.compare.png", "b.ids.json", "b.ids.png"]
+    monkeypatch.setattr(edit2d, "edit_image", real)
+    fake.edits.clear()
+    code, out, err = run(capsys, *edit(folder, tmp_path / "out"))
+    assert code == 0, err
+    assert [e["image"].getpixel((0, 0))[0] for e in fake.edits] == [3]       # only c ran
+    assert "skipped 2 of 3 edits" in out and "1 of 3 edits done, 0 failed, 2 skipped" in out
+
+
+def test_an_incomplete_set_is_run_again(fake, img, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert run(capsys, *edit(img, out_dir))[0] == 0
+    output(out_dir, "cat.ids.compare.png").unlink()                        # e.g. deleted by hand
+    assert run(capsys, *edit(img, out_dir))[0] == 0
+    assert len(fake.edits) == 2 and files_in(out_dir) == ["cat.ids.compare.png", "cat.ids.json", "cat.ids.png"]
+
+
+FULL_SET = ("--invert", "--frames-every", "1", "--steps", "2")   # png, compare, inverse, json, 2 frames
+
+
+@pytest.mark.parametrize("flags, n_files, failing", [((), 3, k) for k in (1, 2, 3, 4, 5)] +
+                         [(FULL_SET, 6, k) for k in (1, 2, 3, 5, 7, 9)])
+def test_a_failed_rename_keeps_the_previous_set_whole(fake, img, tmp_path, capsys, monkeypatch, flags, n_files,
+                                                       failing):
+    """All outputs of one edit are replaced together or not at all: with the k-th os.replace of the rerun failing
+    (disk full), the previous run's PNG, compare PNG (inverse PNG, frames) and JSON are all still there, unchanged,
+    and nothing temporary is left."""
+    import errno
+    import os
+
+    out_dir = tmp_path / "out"
+    assert run(capsys, *edit(img, out_dir, *flags))[0] == 0
+    before = _bytes(out_dir)
+    assert len(before) == n_files
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == failing:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(edit2d, "edit_image", _edit_with_other_pixels(edit2d.edit_image))
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = run(capsys, *edit(img, out_dir, *flags, "--overwrite"))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(calls) >= failing
+    assert_one_line_error(code, err, "No space left on device")
+    assert _bytes(out_dir) == before                   # the previous set, whole and unchanged
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def _edit_with_other_pixels(real):
+    def edit_image(prior, image, *a, **k):
+        result = real(prior, image, *a, **k)
+        result.image = Image.new("RGB", result.image.size, (1, 2, 3))
+        return result
+    return edit_image
+
+
+# ----------------------------------------------------------------------------------------------- variants (issue 11)
+VARIANT_CASES = [
+    (["--method", "ids-jf"], "ids-jf", lambda c: c.method == "ids" and c.distill.fpr_mode == "jacobian-free"),
+    (["--method", "JF"], "ids-jf", lambda c: c.method == "ids" and c.distill.fpr_mode == "jacobian-free"),
+    (["--method", "ids-adaptive", "--fpr-iters", "5"], "ids-adaptive",
+     lambda c: c.distill.fpr_mode == "adaptive" and c.distill.fpr_iters == 5),
+    (["--method", "IDS+CUT", "--cut-weight", "1"], "ids+cut",
+     lambda c: c.method == "ids" and c.distill.with_cut and c.distill.cut_weight == 1.0),
+    (["--method", "ids-cut"], "ids+cut", lambda c: c.distill.with_cut and c.distill.fpr_mode == "exact"),
+    (["--method", "ids", "--fpr-mode", "adaptive"], "ids", lambda c: c.distill.fpr_mode == "adaptive"),
+    (["--method", "ids-jf", "--fpr-mode", "jacobian-free"], "ids-jf", lambda c: c.distill.fpr_mode == "jacobian-free"),
+]
+
+
+@pytest.mark.parametrize("flags, name, check", VARIANT_CASES, ids=[" ".join(f) for f, _, _ in VARIANT_CASES])
+def test_method_takes_every_variant_name(fake, img, tmp_path, capsys, flags, name, check):
+    code, out, err = run(capsys, *edit(img, tmp_path / "out", *flags))
+    assert code == 0, err
+    assert check(fake.edits[0]["config"])
+    assert files_in(tmp_path / "out") == [f"cat.{name}.compare.png", f"cat.{name}.json", f"cat.{name}.png"]
+    rec = json.loads(output(tmp_path / "out", f"cat.{name}.json").read_text())
+    assert rec["variant"] == name and rec["method"] == "ids"
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--method", "ids-jf", "--fpr-mode", "exact"], "--method ids-jf means fpr-mode jacobian-free"),
+    (["--method", "ids+cut", "--fpr-mode", "adaptive"], "--method ids+cut means fpr-mode exact"),
+    (["--method", "ids-adaptive", "--fpr-mode", "jacobian-free"], "drop --fpr-mode"),
+])
+def test_flags_that_contradict_a_variant_are_refused(fake, img, tmp_path, capsys, flags, phrase):
+    code, _, err = run(capsys, *edit(img, tmp_path / "out", *flags))
+    assert_one_line_error(code, err, phrase)
+    assert fake.load == []
+
+
+def test_manifest_rows_take_variant_names(fake, tmp_path, capsys):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    m = tmp_path / "edits.jsonl"
+    m.write_text('{"image": "x.png", "source": "a", "target": "b", "method": "ids-jf"}\n'
+                 '{"image": "x.png", "source": "a", "target": "b", "method": "ids+cut"}\n')
+    code, _, err = run(capsys, "edit", m, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert [(e["config"].distill.fpr_mode, e["config"].distill.with_cut) for e in fake.edits] == [
+        ("jacobian-free", False), ("exact", True)]
+    assert {"x.ids-jf.png", "x.ids+cut.png"} <= set(files_in(tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------------------------- plugins, folders
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device", "/data/eval/rows.jsonl"),
+                                   PermissionError(13, "Permission denied", "/data/eval")])
+def test_plugin_os_errors_are_one_line(capsys, monkeypatch, error):
+    mod = types.ModuleType("fake_plugin_io")
+
+    def cli_main(args):
+        raise error
+
+    mod.cli_main = cli_main
+    monkeypatch.setitem(sys.modules, "fake_plugin_io", mod)
+    monkeypatch.setitem(cli.PLUGINS, "eval", ("fake_plugin_io", "help"))
+    code, _, err = run(capsys, "eval")
+    assert_one_line_error(code, err, error.strerror, error.filename)
+
+
+def test_folder_mode_takes_every_format_load_image_reads(fake, tmp_path, capsys):
+    from idsedit.images import IMAGE_SUFFIXES
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    names = ["a.png", "b.JPG", "c.webp", "d.bmp", "e.gif", "f.tif", "g.tiff", "h.ppm", "i.tga"]
+    for i, name in enumerate(names):
+        Image.new("RGB", (32, 32), (10 * i, 0, 0)).save(folder / name)
+    code, out, err = run(capsys, *edit(folder, tmp_path / "out"))
+    assert code == 0, err
+    assert len(fake.edits) == len(names) and f"{len(names)} of {len(names)} edits done" in out
+    assert {".tif", ".tiff", ".gif", ".webp", ".bmp", ".png", ".jpg", ".jpeg"} <= set(IMAGE_SUFFIXES)
