@@ -94,3 +94,17 @@ def test_sd15_equivalent_lr_keeps_the_per_element_step():
     assert sd15_equivalent_lr((64, 64)) == 0.1
     # 2000 / (H W) * lr is the per-element step size: equal for 16x16 and 64x64
     assert 2000 / (16 * 16) * sd15_equivalent_lr((16, 16)) == pytest.approx(2000 / (64 * 64) * 0.1)
+
+
+def test_mask_of_another_aspect_ratio_warns_once(tiny_prior):
+    mask = Image.new("L", (32, 64), 255)                        # 1:2 on a 1:1 image: stretched
+    with pytest.warns(UserWarning, match=r"the mask is 32x64 but the image is 64x64") as record:
+        edit_image(tiny_prior, image(), "a red cube", "a blue cube", EditConfig(method="dds", steps=1), mask=mask,
+                   progress=False)
+    assert len([w for w in record if "mask" in str(w.message)]) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # same ratio at another size: no warning
+        edit_image(tiny_prior, image(), "a red cube", "a blue cube", EditConfig(method="dds", steps=1),
+                   mask=Image.new("L", (32, 32), 255), progress=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -176,6 +177,18 @@ def edit_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *
                        progress=progress, should_stop=should_stop).latent
 
 
+MASK_ASPECT_TOLERANCE = 0.01
+"""Relative difference of width/height ratios above which a mask counts as having another aspect ratio."""
+
+
+def check_mask_aspect(mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """Warn (one line) when the mask's aspect ratio differs from the image's: it will be stretched to fit."""
+    (mw, mh), (w, h) = mask_size, image_size
+    if abs(mw / mh - w / h) > MASK_ASPECT_TOLERANCE * (w / h):
+        warnings.warn(f"the mask is {mw}x{mh} but the image is {w}x{h} (another aspect ratio): the mask is stretched "
+                      "to the image; give a mask of the image's size")
+
+
 def _composite(edited: Image.Image, source: Image.Image, mask: Image.Image | None) -> Image.Image:
     if mask is None:
         return edited
@@ -203,6 +216,8 @@ def edit_image(prior, image: Image.Image, source: str, target: str, config: Edit
     cond_src = prior.encode_text(source, config.distill.negative_prompt)
     cond_trg = prior.encode_text(target, config.distill.negative_prompt)
     t1 = time.perf_counter()
+    if mask is not None:
+        check_mask_aspect(mask.size, image.size)
     mask_lat = latent_mask(mask.resize(fitted.size), tuple(z_src.shape[-2:]), z_src.device) if mask else None
     frames, fpr_first, fpr_last, fpr_updates = [], [], [], []
 
