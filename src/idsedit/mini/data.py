@@ -18,9 +18,22 @@ import numpy as np
 from ..errors import IdseditError
 
 
-def load_world():
-    """The shapes world module (``idsedit.shapes``): sample_scene, render_batch, caption, VOCABULARY."""
-    return importlib.import_module("idsedit.shapes")
+WORLDS = ("shapes", "multiview")
+"""Training worlds: "shapes" (v1: the default 2D camera only), "multiview" (v2: cameras all around the scene,
+see :mod:`idsedit.shapes.views`)."""
+
+
+def load_world(name: str = "shapes", default_share: float | None = None):
+    """A world object with sample_scene(rng), render_batch(params, size), caption(params, rng), VOCABULARY:
+    the ``idsedit.shapes`` module itself for "shapes", a :class:`idsedit.shapes.views.MultiViewWorld` (with
+    ``default_share`` of default-camera scenes) for "multiview"."""
+    if name == "shapes":
+        return importlib.import_module("idsedit.shapes")
+    if name == "multiview":
+        from ..shapes.views import DEFAULT_SHARE, MultiViewWorld
+
+        return MultiViewWorld(DEFAULT_SHARE if default_share is None else default_share)
+    raise IdseditError(f"unknown training world {name!r}; use one of {', '.join(WORLDS)}")
 
 
 @dataclass

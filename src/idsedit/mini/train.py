@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -71,6 +72,12 @@ class TrainConfig:
     snr_gamma: float = 5.0  # min-SNR-gamma weighting of the epsilon loss (0 = plain MSE)
     checkpoint_minutes: float = 5.0  # save state at least this often (minutes)
     threads: int = 1  # torch CPU threads (1: on a shared 2-core machine, 2 threads ran 5-10x slower)
+    world: str = "shapes"  # training scenes: "shapes" (v1, default camera) | "multiview" (v2, cameras all around)
+    default_share: float = 0.25  # multiview world: fraction of scenes seen from the default camera
+    vae_decay_steps: int = 0  # >0: cosine decay of the VAE lr to vae_min_lr_frac at this step (v1: 0 = constant)
+    vae_min_lr_frac: float = 0.05  # final VAE lr / vae_lr of the cosine decay
+    heldout_every: int = 0  # >0: every this many UNet steps, log the EMA model's held-out denoising loss
+    heldout_draws: int = 4  # held-out (t, noise) draws per validation scene
     model: MiniModelConfig = field(default_factory=MiniModelConfig)  # network sizes
 
     def to_dict(self) -> dict:
@@ -88,14 +95,25 @@ def check_config(cfg: TrainConfig) -> None:
             raise IdseditError(f"{name} must be positive, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.cond_dropout < 1.0:
         raise IdseditError(f"cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
+    from .data import WORLDS
+
+    if cfg.world not in WORLDS:
+        raise IdseditError(f"unknown --world {cfg.world!r}; use one of {', '.join(WORLDS)}")
+    if not 0.0 <= cfg.default_share <= 1.0:
+        raise IdseditError(f"default_share must be in [0, 1], got {cfg.default_share}")
 
 
 # ----------------------------------------------------------------------------- small pure helpers
 
 
-def lr_at(step: int, base_lr: float, warmup: int) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then constant."""
-    return base_lr * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step: int, base_lr: float, warmup: int, decay_steps: int = 0, min_frac: float = 0.0) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then constant (``decay_steps`` = 0) or cosine decay:
+    lr = base_lr (f + (1 - f) (1 + cos(pi min(step, D) / D)) / 2), f = ``min_frac``, D = ``decay_steps``."""
+    lr = base_lr * min(1.0, (step + 1) / max(1, warmup))
+    if decay_steps > 0:
+        c = 0.5 * (1.0 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
+        lr *= min_frac + (1.0 - min_frac) * c
+    return lr
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -148,12 +166,14 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def save_tensors(path: Path, tensors: dict) -> None:
-    """safetensors file written atomically (contiguous CPU copies)."""
+def save_tensors(path: Path, tensors: dict, step: int | None = None) -> None:
+    """safetensors file written atomically (contiguous CPU copies); ``step`` goes into its metadata, so a copy
+    of a checkpoint can check that all its files belong to the same step (see idsedit.mini.snapshot)."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    meta = None if step is None else {"step": str(int(step))}
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
@@ -188,7 +208,7 @@ def restore_optimizer(opt, params: list, tensors: dict, step: int) -> None:
                             "exp_avg_sq": tensors[f"{i}.v"].float().reshape(p.shape)}
 
 
-def init_state(cfg: TrainConfig, world) -> TrainConfig:
+def init_state(cfg: TrainConfig, world=None) -> TrainConfig:
     """Create the state folder (config, tokenizer) on the first call; later calls keep its recipe.
 
     Returns the config to use: the stored model sizes and recipe, with this call's
@@ -199,6 +219,10 @@ def init_state(cfg: TrainConfig, world) -> TrainConfig:
     cfg.state.mkdir(parents=True, exist_ok=True)
     stored = read_json(cfg.state / "config.json")
     if stored is None:
+        if world is None:
+            from .data import load_world
+
+            world = load_world(cfg.world, cfg.default_share)
         write_tokenizer(cfg.state / "tokenizer", list(world.VOCABULARY), max_length=cfg.model.max_length)
         write_json(cfg.state / "config.json", cfg.to_dict())
         return cfg
@@ -278,9 +302,13 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
     from .data import images_to_tensor
     from .models import build_vae
 
+    name, stream = ("vae", 0) if part == "vae" else ("vae_decoder", 10)
+    done = read_json(cfg.state / f"{name}.json")
+    if done is not None and 0 < cfg.max_steps <= done["step"] and (cfg.state / f"{name}.safetensors").exists():
+        log(f"{name} already at step {done['step']} >= --max-steps {cfg.max_steps}: nothing to do")
+        return done
     torch.manual_seed(cfg.seed)
     train, val = scene_cache(cfg, world, "train", log), scene_cache(cfg, world, "val", log)
-    name, stream = ("vae", 0) if part == "vae" else ("vae_decoder", 10)
     vae = build_vae(cfg.model)
     all_params = list(vae.parameters())
     named = dict(vae.named_parameters())
@@ -295,9 +323,14 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
     meta = read_json(cfg.state / f"{name}.json", {"step": 0, "minutes": 0.0, "history": []})
     if (cfg.state / f"{name}.safetensors").exists():
         vae.load_state_dict(load_tensors(cfg.state / f"{name}.safetensors"), strict=part == "vae")
-        restore_optimizer(opt, params, load_tensors(cfg.state / f"{name}_opt.safetensors"), meta["step"])
+        if (cfg.state / f"{name}_opt.safetensors").exists():
+            restore_optimizer(opt, params, load_tensors(cfg.state / f"{name}_opt.safetensors"), meta["step"])
+        else:  # restored from a weights-only snapshot: fresh Adam moments, lr warmed up again from here
+            meta.setdefault("fresh_moments_at", []).append(meta["step"])
+            log(f"no {name}_opt.safetensors: fresh AdamW moments, lr re-warmed from step {meta['step']}")
         log(f"resumed {name} at step {meta['step']} ({meta['minutes']:.1f} min)")
-    elif part == "decoder":  # continue the VAE's own Adam moments for the decoder parameters (no warm-up)
+    elif part == "decoder" and (cfg.state / "vae_opt.safetensors").exists():
+        # continue the VAE's own Adam moments for the decoder parameters (no warm-up)
         full = load_tensors(cfg.state / "vae_opt.safetensors")
         index = {id(p): i for i, p in enumerate(all_params)}
         sub = {f"{j}.{m}": full[f"{index[id(p)]}.{m}"] for j, p in enumerate(params) for m in ("m", "v")
@@ -314,13 +347,15 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
         save.t = time.time()
         vae.eval()
         meta["val_psnr"] = vae_psnr(vae, val.images)
+        if meta["history"] and meta["history"][-1]["step"] == meta["step"]:
+            meta["history"][-1]["val_psnr"] = meta["val_psnr"]
         vae.train()
         meta["hardware"] = hardware()
         state = vae.state_dict()
         if part == "decoder":
             state = {k: v for k, v in state.items() if decoder_keys(k)}
-        save_tensors(cfg.state / f"{name}.safetensors", state)
-        save_tensors(cfg.state / f"{name}_opt.safetensors", optimizer_tensors(opt, params))
+        save_tensors(cfg.state / f"{name}.safetensors", state, meta["step"])
+        save_tensors(cfg.state / f"{name}_opt.safetensors", optimizer_tensors(opt, params), meta["step"])
         write_json(cfg.state / f"{name}.json", meta)
         log(f"{name} step {meta['step']} loss {loss_avg:.4f} val PSNR {meta['val_psnr']:.2f} dB "
             f"({meta['minutes']:.1f} min) saved")
@@ -340,7 +375,9 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
         if part == "vae":
             loss = loss + cfg.vae_kl_weight * post.kl().mean()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step + lr_offset, cfg.vae_lr, cfg.warmup_steps)
+            g["lr"] = lr_at(step + lr_offset, cfg.vae_lr, cfg.warmup_steps, cfg.vae_decay_steps, cfg.vae_min_lr_frac)
+            if meta.get("fresh_moments_at"):
+                g["lr"] *= min(1.0, (step - meta["fresh_moments_at"][-1] + 1) / max(1, cfg.warmup_steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -437,6 +474,78 @@ def latent_cache(cfg: TrainConfig, world, log: Callable[[str], None]):
     return mean, std, ids
 
 
+T_BUCKETS = (0, 100, 300, 500, 700, 1000)
+"""Timestep bucket edges of the held-out denoising log ([0, 100), [100, 300), ...)."""
+
+
+def heldout_set(cfg: TrainConfig, world, log: Callable[[str], None]):
+    """Fixed held-out denoising problems: every validation scene x ``heldout_draws`` (t, noise, caption) draws.
+
+    z0 is the VAE posterior mean times the scaling factor; t is stratified over [0, 1000) so every bucket of
+    T_BUCKETS is covered; the caption is column 0 (canonical) for the first draw, a random template otherwise.
+    Returns dict z0 (M, 4, h, w), noise, t (M,), ids (M, L) long. Deterministic in cfg.seed.
+    """
+    import torch
+
+    from .data import images_to_tensor, tokenize
+    from .tokenizer import load_tokenizer
+
+    val = scene_cache(cfg, world, "val", log)
+    vae = load_vae(cfg, decoder=False)
+    sf = read_json(cfg.state / "vae.json")["scaling_factor"]
+    with torch.no_grad():
+        mean = torch.cat([vae.encode(images_to_tensor(val.images[s:s + 128])).latent_dist.mean
+                          for s in range(0, len(val), 128)]) * sf
+    tok = load_tokenizer(cfg.state / "tokenizer")
+    n, k = len(val), cfg.heldout_draws
+    rng = np.random.default_rng([cfg.seed, 777])
+    cols = rng.integers(val.captions.shape[1], size=(n, k))
+    cols[:, 0] = 0
+    ids = tokenize(tok, [val.captions[i, cols[i, j]] for i in range(n) for j in range(k)])
+    t = (np.arange(n * k) + rng.random(n * k)) / (n * k) * 1000  # stratified over [0, 1000)
+    t = rng.permutation(np.floor(t).astype(np.int64))
+    gen = torch.Generator().manual_seed(cfg.seed + 777)
+    z0 = mean.repeat_interleave(k, dim=0)
+    return {"z0": z0, "noise": torch.randn(z0.shape, generator=gen), "t": torch.from_numpy(t),
+            "ids": torch.from_numpy(ids).long()}
+
+
+def heldout_loss(te, unet, hs: dict, alphas, gamma: float, batch: int = 128) -> dict:
+    """Held-out denoising metrics of (te, unet) on :func:`heldout_set` problems (no grad):
+    ``loss`` the training objective (min-SNR weighted eps MSE), ``eps_mse`` the plain eps MSE, and per
+    T_BUCKETS bucket ``eps_mse_<lo>_<hi>`` and ``x0_err_<lo>_<hi>`` = mean ||z0 - z0_hat||_2 / sqrt(dim) with
+    z0_hat = (z_t - sqrt(1 - ab) eps_hat) / sqrt(ab)."""
+    import torch
+
+    eps_err, x0_err = [], []
+    with torch.no_grad():
+        for s in range(0, len(hs["t"]), batch):
+            z0, noise, t = hs["z0"][s:s + batch], hs["noise"][s:s + batch], hs["t"][s:s + batch]
+            ab = alphas[t].view(-1, 1, 1, 1)
+            z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+            eps = unet(z_t, t, te(hs["ids"][s:s + batch]).last_hidden_state).sample
+            eps_err.append((eps - noise).pow(2).mean(dim=(1, 2, 3)))
+            z0_hat = (z_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+            x0_err.append((z0_hat - z0).pow(2).mean(dim=(1, 2, 3)).sqrt())
+    e, x, t = torch.cat(eps_err), torch.cat(x0_err), hs["t"]
+    w = min_snr_weights(alphas, t, gamma)
+    out = {"loss": float((w * e).mean()), "eps_mse": float(e.mean())}
+    for lo, hi in zip(T_BUCKETS, T_BUCKETS[1:]):
+        sel = (t >= lo) & (t < hi)
+        out[f"eps_mse_{lo}_{hi}"] = float(e[sel].mean()) if sel.any() else float("nan")
+        out[f"x0_err_{lo}_{hi}"] = float(x[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write dict rows (the keys of the first one as the header) as CSV, atomically."""
+    lines = [",".join(rows[0])] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in rows[0])
+                                   for r in rows]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
 def build_text_and_unet(cfg: TrainConfig):
     """Fresh text encoder + UNet sized from the config and the stored tokenizer."""
     import torch
@@ -469,7 +578,11 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
     if (cfg.state / "unet.safetensors").exists():
         te.load_state_dict(load_tensors(cfg.state / "text_encoder.safetensors"))
         unet.load_state_dict(load_tensors(cfg.state / "unet.safetensors"))
-        restore_optimizer(opt, params, load_tensors(cfg.state / "unet_opt.safetensors"), meta["step"])
+        if (cfg.state / "unet_opt.safetensors").exists():
+            restore_optimizer(opt, params, load_tensors(cfg.state / "unet_opt.safetensors"), meta["step"])
+        else:  # restored from a weights-only snapshot: fresh Adam moments, lr warmed up again from here
+            meta.setdefault("fresh_moments_at", []).append(meta["step"])
+            log(f"no {cfg.state / 'unet_opt.safetensors'}: fresh AdamW moments, lr re-warmed from step {meta['step']}")
         ema = [load_tensors(cfg.state / "text_encoder_ema.safetensors"), load_tensors(cfg.state / "unet_ema.safetensors")]
         log(f"resumed UNet at step {meta['step']} ({meta['minutes']:.1f} min)")
     else:
@@ -488,16 +601,35 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         save.t = time.time()
         meta["hardware"] = hardware()
         meta["scaling_factor"] = sf
-        save_tensors(cfg.state / "text_encoder.safetensors", te.state_dict())
-        save_tensors(cfg.state / "unet.safetensors", unet.state_dict())
-        save_tensors(cfg.state / "text_encoder_ema.safetensors", ema[0])
-        save_tensors(cfg.state / "unet_ema.safetensors", ema[1])
-        save_tensors(cfg.state / "unet_opt.safetensors", optimizer_tensors(opt, params))
+        step = meta["step"]
+        save_tensors(cfg.state / "text_encoder.safetensors", te.state_dict(), step)
+        save_tensors(cfg.state / "unet.safetensors", unet.state_dict(), step)
+        save_tensors(cfg.state / "text_encoder_ema.safetensors", ema[0], step)
+        save_tensors(cfg.state / "unet_ema.safetensors", ema[1], step)
+        save_tensors(cfg.state / "unet_opt.safetensors", optimizer_tensors(opt, params), step)
         write_json(cfg.state / "unet.json", meta)
         log(f"unet step {meta['step']} loss {loss_avg:.4f} ({meta['minutes']:.1f} min) saved")
 
     save.t = t0
+    hs = heldout_set(cfg, world, log) if cfg.heldout_every > 0 else None
+    ema_te, ema_unet = (build_text_and_unet(cfg)[1:] if hs is not None else (None, None))
+
+    def log_heldout():
+        """Held-out metrics of the EMA weights -> unet.json["heldout"] and heldout.csv."""
+        if any(h["step"] == meta["step"] for h in meta.setdefault("heldout", [])):
+            return
+        ema_te.load_state_dict(ema[0]), ema_unet.load_state_dict(ema[1])
+        ema_te.eval(), ema_unet.eval()
+        row = {"step": meta["step"], "minutes": round(meta["minutes"] + (time.time() - save.t) / 60.0, 2),
+               "train_loss": loss_avg if loss_avg is not None else float("nan"),
+               **heldout_loss(ema_te, ema_unet, hs, alphas, cfg.snr_gamma)}
+        meta["heldout"].append(row)
+        write_csv(cfg.state / "heldout.csv", meta["heldout"])
+        log(f"unet step {meta['step']} held-out loss {row['loss']:.4f} (EMA), eps MSE {row['eps_mse']:.4f}")
+
     te.train(), unet.train()
+    if hs is not None and meta["step"] == 0:
+        log_heldout()
     bar = tqdm(desc="unet", unit="step", initial=meta["step"], file=sys.stderr, mininterval=10)
     B = cfg.unet_batch
     while _keep_going(cfg, meta["step"], t0):
@@ -517,7 +649,7 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         eps = unet(z_t, t, h).sample
         w = min_snr_weights(alphas, t, cfg.snr_gamma)  # (B,)
         loss = (w * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        lr = lr_at(step, cfg.unet_lr, cfg.warmup_steps)
+        lr = lr_at(step - max(meta.get("fresh_moments_at", [0])), cfg.unet_lr, cfg.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -529,6 +661,8 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
             torch._foreach_mul_(ema_t, d)
             torch._foreach_add_(ema_t, live_t, alpha=1.0 - d)
         loss_avg, last_save = _record_step(meta, step, loss.item(), loss_avg, 0.99, bar, cfg, last_save, save)
+        if hs is not None and meta["step"] % cfg.heldout_every == 0:
+            log_heldout()
     bar.close()
     if loss_avg is not None:
         meta["history"].append({"step": meta["step"], "loss": loss_avg})
@@ -559,8 +693,8 @@ def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None
     if threading.current_thread() is threading.main_thread():  # `kill <pid>` = checkpoint and stop
         signal.signal(signal.SIGTERM, _request_stop)
         signal.signal(signal.SIGINT, _request_stop)
-    world = world or load_world()
     cfg = init_state(cfg, world)
+    world = world or load_world(cfg.world, cfg.default_share)
     result = {}
     if stage == "vae":
         result["vae"] = train_vae(cfg, world, log)
@@ -599,11 +733,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         p.add_argument(flag, type=type(getattr(d, f.name)), default=getattr(d, f.name), help=f"(default {getattr(d, f.name)})")
+    p.add_argument("--model-json", default=None,
+                   help="network sizes as JSON overrides of MiniModelConfig, e.g. '{\"unet_channels\": [64, 128, 128]}' "
+                        "(used only when the state folder is created)")
 
 
 def config_from_args(a: argparse.Namespace) -> tuple[str, TrainConfig, Path | None]:
     """Parsed flags -> (stage, TrainConfig, export folder)."""
     kw = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name not in ("model",)}
+    if getattr(a, "model_json", None):
+        try:
+            over = json.loads(a.model_json)
+            kw["model"] = MiniModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
+        except (ValueError, TypeError) as e:
+            raise IdseditError(f"--model-json is not a JSON object of MiniModelConfig fields ({e}); "
+                               f"fields: {', '.join(MiniModelConfig().to_dict())}") from e
     return a.stage, TrainConfig(**kw), a.out
 
 

@@ -1,0 +1,147 @@
+"""Mini prior v2 training pieces: multi-view world, cosine VAE schedule, held-out denoising log, snapshots."""
+
+import csv
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from idsedit.errors import IdseditError
+from idsedit.mini import snapshot
+from idsedit.mini.data import load_world
+from idsedit.mini.models import MiniModelConfig, build_train_scheduler
+from idsedit.mini.train import T_BUCKETS, TrainConfig, heldout_loss, load_tensors, lr_at, read_json, train_mini
+
+TINY = MiniModelConfig(image_size=32, vae_channels=(8, 16, 16), norm_groups=8, text_hidden=32, text_layers=1,
+                       text_heads=2, max_length=16, unet_channels=(16, 32, 32), unet_head_dim=8)
+
+
+def cfg_v2(state, max_steps, **kw):
+    return TrainConfig(state=state, minutes=10.0, max_steps=max_steps, scenes=8, val_scenes=4, captions_per_scene=2,
+                       vae_batch=4, unet_batch=4, warmup_steps=2, checkpoint_minutes=100.0, model=TINY,
+                       world="multiview", heldout_every=2, heldout_draws=4, vae_decay_steps=4, **kw)
+
+
+def quiet(msg):
+    pass
+
+
+def test_cosine_lr_closed_form():
+    assert lr_at(0, 1.0, 1, decay_steps=10, min_frac=0.1) == pytest.approx(1.0)
+    assert lr_at(5, 1.0, 1, decay_steps=10, min_frac=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(10, 1.0, 1, decay_steps=10, min_frac=0.1) == pytest.approx(0.1)
+    assert lr_at(50, 1.0, 1, decay_steps=10, min_frac=0.1) == pytest.approx(0.1)
+    assert lr_at(1, 2.0, 4, decay_steps=8, min_frac=0.0) == pytest.approx(2.0 * 0.5 * 0.5 * (1 + math.cos(math.pi / 8)))
+
+
+def test_load_world_names():
+    w = load_world("multiview", default_share=0.5)
+    assert w.default_share == 0.5 and "scene" in w.VOCABULARY
+    assert load_world("shapes").VOCABULARY == load_world().VOCABULARY
+    with pytest.raises(IdseditError, match="unknown training world"):
+        load_world("mars")
+
+
+class _Fixed(torch.nn.Module):
+    """A 'UNet' whose eps prediction is a fixed function of the true noise (set before the call)."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.noise = f, None
+
+    def forward(self, z_t, t, h):
+        return SimpleNamespace(sample=self.f(self.noise[: len(z_t)]))
+
+
+def test_heldout_loss_hand_values():
+    sched = build_train_scheduler()
+    ab = sched.alphas_cumprod.float()
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([10, 150, 400, 650, 900])
+    hs = {"z0": torch.randn(5, 4, 2, 2, generator=g), "noise": torch.randn(5, 4, 2, 2, generator=g), "t": t,
+          "ids": torch.zeros(5, 3, dtype=torch.long)}
+    te = lambda ids: SimpleNamespace(last_hidden_state=torch.zeros(len(ids), 3, 2))  # noqa: E731
+    exact = _Fixed(lambda n: n)
+    exact.noise = hs["noise"]
+    out = heldout_loss(te, exact, hs, ab, 5.0)
+    assert out["eps_mse"] == pytest.approx(0.0, abs=1e-12) and out["x0_err_0_100"] == pytest.approx(0.0, abs=1e-5)
+    zero = _Fixed(lambda n: torch.zeros_like(n))
+    zero.noise = hs["noise"]
+    out = heldout_loss(te, zero, hs, ab, 5.0)
+    n2 = hs["noise"].pow(2).mean(dim=(1, 2, 3))
+    assert out["eps_mse"] == pytest.approx(float(n2.mean()), rel=1e-6)
+    for i, (lo, hi) in enumerate(zip(T_BUCKETS, T_BUCKETS[1:])):  # one problem per bucket
+        a = ab[t[i]]
+        assert out[f"eps_mse_{lo}_{hi}"] == pytest.approx(float(n2[i]), rel=1e-6)
+        # z0_hat = z_t / sqrt(ab) -> error sqrt(1 - ab) / sqrt(ab) * rms(noise)
+        assert out[f"x0_err_{lo}_{hi}"] == pytest.approx(float((1 - a).sqrt() / a.sqrt() * n2[i].sqrt()), rel=1e-4)
+    snr = ab[t] / (1 - ab[t])
+    w = snr.clamp(max=5.0) / snr
+    assert out["loss"] == pytest.approx(float((w * n2).mean()), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    state = tmp_path_factory.mktemp("v2") / "state"
+    train_mini("vae", cfg_v2(state, 4), log=quiet)
+    train_mini("unet", cfg_v2(state, 4), log=quiet)
+    return state
+
+
+def test_multiview_state_logs_heldout_curve(trained):
+    cfg = read_json(trained / "config.json")
+    assert cfg["world"] == "multiview" and cfg["vae_decay_steps"] == 4
+    vocab = json.loads((trained / "tokenizer" / "vocab.json").read_text())
+    assert "scene</w>" in vocab and "with</w>" in vocab
+    vae = read_json(trained / "vae.json")
+    assert vae["step"] == 4 and "val_psnr" in vae["history"][-1]
+    rows = list(csv.DictReader(open(trained / "heldout.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    for r in rows:
+        assert all(math.isfinite(float(r[f"x0_err_{lo}_{hi}"])) for lo, hi in zip(T_BUCKETS, T_BUCKETS[1:]))
+        assert float(r["eps_mse"]) > 0
+    # every weight file carries its step
+    assert {snapshot.file_step(trained / f) for f in snapshot.STAGE_FILES["unet"][1]} == {4}
+    assert train_mini("vae", cfg_v2(trained, 4), log=quiet)["vae"]["step"] == 4  # done: no-op
+
+
+def test_snapshot_restore_resume(trained, tmp_path):
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    rec = snapshot.make(state, live="bf16", ema="fp32", log=quiet)
+    assert rec["stages"]["unet"]["step"] == 4 and rec["stages"]["vae"]["step"] == 4
+    assert not (state / "snapshot" / "unet_opt.safetensors").exists()
+    # a fresh clone: only the committed part (config, tokenizer, snapshot) is there
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for keep in ("config.json", "tokenizer", "snapshot"):
+        src = state / keep
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, clone / keep)
+    assert snapshot.restore(clone, log=quiet) == {"vae": 4, "unet": 4}
+    assert snapshot.restore(clone, log=quiet) == {}  # idempotent
+    ema_a, ema_b = (load_tensors(s / "unet_ema.safetensors") for s in (state, clone))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)  # fp32: exact
+    live_a, live_b = (load_tensors(s / "unet.safetensors") for s in (state, clone))
+    assert all(live_b[k].dtype == torch.float32 for k in live_b)
+    assert all(torch.allclose(live_a[k], live_b[k], rtol=1e-2, atol=1e-6) for k in live_a)  # bf16 rounding
+    assert torch.equal(load_tensors(state / "vae.safetensors")["encoder.conv_in.weight"],
+                       load_tensors(clone / "vae.safetensors")["encoder.conv_in.weight"])
+    assert not (clone / "unet_opt.safetensors").exists()
+    meta = train_mini("unet", cfg_v2(clone, 6), log=quiet)["unet"]
+    assert meta["step"] == 6 and meta["fresh_moments_at"] == [4]
+    rows = list(csv.DictReader(open(clone / "heldout.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 6]
+
+
+def test_snapshot_refuses_an_inconsistent_checkpoint(trained, tmp_path):
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    meta = read_json(state / "unet.json")
+    meta["step"] = 5  # as if a new json landed but not its weights
+    (state / "unet.json").write_text(json.dumps(meta))
+    with pytest.raises(IdseditError, match="consistent unet checkpoint"):
+        snapshot.make(state, tries=2, wait_s=0.0, log=quiet)
+    assert not (state / "snapshot").exists() or not (state / "snapshot" / "unet.json").exists()
