@@ -37,7 +37,9 @@ class DistillConfig:
     fpr_tol: float = 0.01           # adaptive: stop when the residual improves by less than this fraction
     with_cut: bool = False          # IDS + CDS's PatchNCE term (the official `with_cut`)
     # CDS (contrastive denoising score)
-    cut_weight: float = 3.0         # weight of the PatchNCE loss
+    cut_weight: float = 3.0         # weight of the PatchNCE loss (per 9 layers, see cut_layer_norm)
+    cut_layer_norm: bool = True     # scale the sum over up-block self-attention layers by 9 / n_layers (official on
+                                    # SD 1.x/2.x's 9, same strength on SDXL's 36); False: the official plain sum
     n_patches: int = 256            # patches drawn per layer and patch size
     patch_sizes: tuple[int, ...] = (1, 2)  # average-pool sizes of the self-attention features
     nce_tau: float = 0.07           # PatchNCE temperature

@@ -1,7 +1,7 @@
 """Contrastive Denoising Score (Nam et al., CVPR 2024): DDS + PatchNCE on self-attention features.
 
     grad     = eps^w(z_t_trg, y_trg) - eps^w(z_t_src, y_src)                          (DDS term)
-    aux_loss = w_cut * sum_layers sum_patch_sizes mean_i PatchNCE(f_src[i], f_trg[i])  (CUT term)
+    aux_loss = w_cut * (9 / n_layers) * sum_layers sum_patch_sizes mean_i PatchNCE(f_src[i], f_trg[i])   (CUT term)
 
 f are the outputs of the self-attention (``attn1``) of every UNet up block, for the conditional branch:
 f_src from the batched DDS call (no grad), f_trg from a second forward of z_t_trg = sqrt(ab) z_trg + sqrt(1-ab) eps
@@ -12,6 +12,14 @@ Features are average-pooled by each patch size, L2-normalised over channels, and
     PatchNCE(q, k) = -log( exp(q_i . k_i / tau) / (exp(q_i . k_i / tau) + sum_{j != i} exp(q_i . k_j / tau)) )
 
 with q = f_src (detached) and k = f_trg (the official ``diagonal -> -10`` masking of the negatives is kept).
+PatchNCE is computed in fp32 whatever the UNet's dtype (normalisation, logits / tau and the cross-entropy would
+lose most of their precision in fp16/bf16).
+
+Per-layer normalisation (``cfg.cut_layer_norm``, on by default): the official code sums over every up-block
+self-attention layer, 9 on SD 1.x/2.x but 36 on SDXL, which would make ``cut_weight`` 4x stronger there. The sum is
+scaled by CUT_REFERENCE_LAYERS / n_layers = 9 / n_layers: exactly the official value on SD 1.x/2.x (9 layers), the
+same strength per layer on every other UNet. ``cut_layer_norm=False`` gives the official plain sum on any UNet
+(the parity tests use it: their tiny model has 2 layers).
 """
 
 from __future__ import annotations
@@ -26,6 +34,14 @@ from torch import Tensor
 
 from .. import diffusion as D
 from . import DistillOutput, register
+
+
+CUT_REFERENCE_LAYERS = 9  # up-block self-attention layers of SD 1.x/2.x (3 CrossAttnUpBlocks x 3), the official setting
+
+
+def cut_layer_scale(n_layers: int, normalise: bool = True) -> float:
+    """Factor on the sum over layers: CUT_REFERENCE_LAYERS / n_layers (1 on SD 1.x/2.x), or 1 when not normalising."""
+    return CUT_REFERENCE_LAYERS / n_layers if normalise else 1.0
 
 
 def self_attention_layers(unet) -> list[str]:
@@ -71,9 +87,9 @@ def token_grid(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 def patch_nce(q: Tensor, k: Tensor, tau: float) -> Tensor:
     """PatchNCE per patch (N,): cross-entropy of [q_i.k_i, q_i.k_j (j != i, diagonal set to -10)] / tau, label 0.
 
-    q, k: (N, C) L2-normalised features; q is detached (the source is the fixed reference).
+    q, k: (N, C) L2-normalised features; q is detached (the source is the fixed reference). Computed in fp32.
     """
-    q = q.detach()
+    q, k = q.detach().float(), k.float()
     l_pos = (q * k).sum(dim=1, keepdim=True)                            # (N, 1)
     l_neg = q @ k.t()                                                   # (N, N)
     l_neg = l_neg.masked_fill(torch.eye(len(q), dtype=torch.bool, device=q.device), -10.0)
@@ -82,7 +98,11 @@ def patch_nce(q: Tensor, k: Tensor, tau: float) -> Tensor:
 
 
 def cut_loss(f_src: Tensor, f_trg: Tensor, hw: tuple[int, int], cfg, sampler) -> Tensor:
-    """Sum over patch sizes of the mean PatchNCE between (B, h*w, C) features; one permutation per patch size."""
+    """Sum over patch sizes of the mean PatchNCE between (B, h*w, C) features; one permutation per patch size.
+
+    Everything after the features (pooling, normalisation, logits / tau, cross-entropy) runs in fp32.
+    """
+    f_src, f_trg = f_src.float(), f_trg.float()
     b, _, c = f_src.shape
     src = f_src.reshape(b, *hw, c).permute(0, 3, 1, 2)                  # (B, C, h, w)
     trg = f_trg.reshape(b, *hw, c).permute(0, 3, 1, 2)
@@ -122,7 +142,7 @@ def contrastive_loss(prior, z_trg, noise, t, cond_trg, refs, layers, cfg, sample
             prior.eps([z_t_trg], t, [cond_trg], guidance=1.0)           # conditional branch only
         hw = tuple(z_trg.shape[-2:])
         loss = sum(cut_loss(refs[n], feats[n], token_grid(feats[n].shape[1], hw), cfg, sampler) for n in layers)
-    return cfg.cut_weight * loss
+    return cfg.cut_weight * cut_layer_scale(len(layers), cfg.cut_layer_norm) * loss
 
 
 @register("cds", "contrastive denoising score: DDS + PatchNCE on up-block self-attention")
