@@ -128,8 +128,10 @@ class Prior:
 
     def __init__(self, pipe, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  name: str = ""):
-        check_model_type(type(pipe.unet).__name__, pipe.unet.config, int(pipe.vae.config.latent_channels),
-                         name or type(pipe).__name__)
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)  # a torch.compile'd UNet is checked as the original
+        unet_class = next((c.__name__ for c in type(unet).__mro__ if c.__name__ == "UNet2DConditionModel"),
+                          type(unet).__name__)
+        check_model_type(unet_class, unet.config, int(pipe.vae.config.latent_channels), name or type(pipe).__name__)
         self.device = pick_device(str(device) if device is not None else None)
         self.dtype = pick_dtype(self.device, dtype)
         self.name = name
