@@ -174,7 +174,6 @@ def test_bench_uses_the_shared_variant_table():
     assert variant_config("ids+cut").distill.with_cut and variant_config("ids-jf").distill.fpr_mode == "jacobian-free"
 
 
-@pytest.mark.slow
 def test_worker_subprocess_reports_its_own_peak_rss():
     row = bench.run_in_subprocess(bench.CaseSpec(shape="tiny", method="dds", steps=1, warmup=0, threads=1,
                                                  image_size=64), timeout=300)

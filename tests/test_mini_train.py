@@ -57,7 +57,6 @@ def test_optimizer_moments_roundtrip():
         assert float(b["step"]) == 1.0
 
 
-@pytest.mark.slow
 def test_vae_resume_matches_uninterrupted(tmp_path):
     train_mini("vae", tiny_cfg(tmp_path / "a", 3), world=world, log=quiet)
     train_mini("vae", tiny_cfg(tmp_path / "b", 2), world=world, log=quiet)
@@ -109,7 +108,6 @@ def test_cli_flags_map_to_config():
     assert stage == "unet" and cfg.minutes == 3.0 and cfg.unet_batch == 8 and str(cfg.state) == "x" and out is None
 
 
-@pytest.mark.slow
 def test_decoder_finetune_keeps_encoder_and_latents(tmp_path):
     from idsedit.mini.train import load_vae, read_json
 
