@@ -145,3 +145,19 @@ def test_snapshot_refuses_an_inconsistent_checkpoint(trained, tmp_path):
     with pytest.raises(IdseditError, match="consistent unet checkpoint"):
         snapshot.make(state, tries=2, wait_s=0.0, log=quiet)
     assert not (state / "snapshot").exists() or not (state / "snapshot" / "unet.json").exists()
+
+
+def test_recaption_replays_the_scene_draws(tmp_path):
+    from idsedit.mini.data import SceneCache, load_scene_cache, recaption, render_scenes, save_scene_cache
+
+    w = load_world("multiview")
+    cache = render_scenes(w, 6, seed=3, size=16, n_captions=2, chunk=4)
+    assert cache.caption_version == 2 and cache.captions.shape == (6, 3)
+    save_scene_cache(tmp_path / "c.npz", cache)
+    assert load_scene_cache(tmp_path / "c.npz").caption_version == 2
+    stale = SceneCache(cache.images, cache.captions.copy(), 1)
+    stale.captions[:] = "a cube"
+    fixed = recaption(stale, w, seed=3, n_captions=2, chunk=4)
+    assert fixed.caption_version == 2 and (fixed.captions == cache.captions).all()
+    with pytest.raises(IdseditError, match="does not match the scene sampler"):
+        recaption(stale, w, seed=4, n_captions=2, chunk=4)

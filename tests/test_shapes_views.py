@@ -125,3 +125,23 @@ def test_world_adapter_renders_scenes_from_their_cameras():
     one = render_many([ps[0]], 16).rgb[0]
     np.testing.assert_array_equal(rgb[0], one)
     assert DEFAULT_CAMERA == CameraParams() and math.isclose(DEFAULT_CAMERA.elevation, 20.0)
+
+
+def test_background_is_named_only_where_it_is_visible():
+    from idsedit.shapes.views import background_fraction, background_visible
+
+    assert background_visible(DEFAULT_CAMERA) and 0.2 < background_fraction(DEFAULT_CAMERA) < 0.5
+    top = CameraParams(elevation=55.0, azimuth=90.0, distance=4.0, fov=30.0, target=(0.0, 0.5, 0.0))
+    assert background_fraction(top) == 0.0 and not background_visible(top)
+    p = SceneParams(objects=(ObjectParams("cube", "red", (0, 0), 0.8),), floor_color="blue", background="white",
+                    camera=top)
+    for t in ALL_TEMPLATES:
+        text = view_caption(p, template=t)
+        assert "background" not in text and parse_view_caption(text)
+    assert view_caption(p, template="{color} {shape} on a {floor} floor in front of a {background} background") \
+        == "a red cube on a blue floor"
+    # the rendered view agrees: no pixel of the top view sees the background (depth = inf)
+    assert np.isfinite(render_many([p], 32).depth).all()
+    side = SceneParams(objects=p.objects, floor_color="blue", background="white", camera=DEFAULT_CAMERA)
+    assert view_caption(side, template="{color} {shape} with a {background} background") == \
+        "a red cube with a white background"

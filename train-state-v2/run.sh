@@ -31,7 +31,7 @@ RECIPE="--world multiview --default-share 0.25 --scenes 40000 --val-scenes 256 -
   --vae-batch 16 --vae-lr 0.001 --vae-decay-steps 4000 --vae-min-lr-frac 0.05 \
   --unet-batch 32 --unet-lr 0.0005 --warmup-steps 200 --ema-decay 0.999 --heldout-every 500 --heldout-draws 4 \
   --checkpoint-minutes 5 --threads 1"
-MODEL='{"vae_channels": [32, 64, 128], "vae_layers_per_block": 1, "unet_channels": [64, 128, 128], "unet_layers_per_block": 1}'
+MODEL='{"vae_channels": [32, 64, 128], "vae_layers_per_block": 1, "unet_channels": [32, 64, 128], "unet_layers_per_block": 2}'
 $PY -m idsedit.mini.snapshot restore "$S" || exit 1
 $PY -m idsedit.mini.train --stage vae --state "$S" --minutes 100000 --max-steps "$VAE_STEPS" $RECIPE --model-json "$MODEL" || exit 1
 VAE_AT=$($PY -c "import json; print(json.load(open('$S/vae.json'))['step'])")

@@ -42,9 +42,24 @@ class SceneCache:
 
     images: np.ndarray  # (N, H, W, 3) uint8 renders
     captions: np.ndarray  # (N, 1 + K) str; [:, 0] canonical caption, [:, 1:] random templates
+    caption_version: int = 1  # the world's CAPTION_VERSION the captions were made with
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+def caption_version(world) -> int:
+    """The world's caption version (1 when it declares none, e.g. the v1 shapes world)."""
+    return int(getattr(world, "CAPTION_VERSION", 1))
+
+
+def _scene_stream(world, n: int, seed: int, n_captions: int, chunk: int):
+    """Yield (params chunk, captions chunk) exactly as :func:`render_scenes` draws them from default_rng(seed)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, chunk):
+        params = [world.sample_scene(rng) for _ in range(min(chunk, n - start))]
+        caps = [[world.caption(p)] + [world.caption(p, rng) for _ in range(n_captions)] for p in params]
+        yield params, caps
 
 
 def render_scenes(world, n: int, seed: int, size: int = 64, n_captions: int = 8, chunk: int = 128,
@@ -52,18 +67,33 @@ def render_scenes(world, n: int, seed: int, size: int = 64, n_captions: int = 8,
     """Sample ``n`` scenes from ``default_rng(seed)`` and render them in chunks."""
     if n <= 0:
         raise IdseditError(f"number of scenes must be positive, got {n}; pass e.g. --scenes 20000")
-    rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     captions = []
-    for start in range(0, n, chunk):
-        params = [world.sample_scene(rng) for _ in range(min(chunk, n - start))]
+    start = 0
+    for params, caps in _scene_stream(world, n, seed, n_captions, chunk):
         rgb = world.render_batch(params, size=size)  # (B, H, W, 3) float in [0, 1]
         images[start:start + len(params)] = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-        for p in params:
-            captions.append([world.caption(p)] + [world.caption(p, rng) for _ in range(n_captions)])
+        captions.extend(caps)
+        start += len(params)
         if progress is not None:
             progress(len(params))
-    return SceneCache(images, np.array(captions, dtype=str))
+    return SceneCache(images, np.array(captions, dtype=str), caption_version(world))
+
+
+def recaption(cache: SceneCache, world, seed: int, n_captions: int, chunk: int = 128, check: int = 4) -> SceneCache:
+    """The same images with captions made by ``world``'s current caption function (the scene draws are replayed
+    without rendering; the first ``check`` scenes are rendered again and must equal the cached images exactly,
+    else IdseditError: the cache was made by another sampler and must be deleted)."""
+    n, size = len(cache), cache.images.shape[1]
+    captions, first = [], None
+    for params, caps in _scene_stream(world, n, seed, n_captions, chunk):
+        first = first if first is not None else params[:check]
+        captions.extend(caps)
+    rgb = world.render_batch(first, size=size)
+    if not np.array_equal(np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8), cache.images[:len(first)]):
+        raise IdseditError("the scene cache does not match the scene sampler (its images differ from a re-render): "
+                           "delete the state's cache/ folder so that the scenes are rendered again")
+    return SceneCache(cache.images, np.array(captions, dtype=str), caption_version(world))
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
@@ -78,12 +108,13 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 def load_scene_cache(path: str | Path) -> SceneCache:
     """Read a cache written by :func:`save_scene_cache` (no pickle)."""
     with np.load(path, allow_pickle=False) as f:
-        return SceneCache(f["images"], f["captions"])
+        version = int(f["caption_version"]) if "caption_version" in f.files else 1
+        return SceneCache(f["images"], f["captions"], version)
 
 
 def save_scene_cache(path: str | Path, cache: SceneCache) -> None:
     """Write a scene cache as .npz."""
-    save_npz(path, images=cache.images, captions=cache.captions)
+    save_npz(path, images=cache.images, captions=cache.captions, caption_version=np.array(cache.caption_version))
 
 
 def images_to_tensor(images: np.ndarray):

@@ -239,12 +239,18 @@ def scene_cache(cfg: TrainConfig, world, split: str, log: Callable[[str], None])
     """Rendered scenes of ``split`` ('train' or 'val'), rendered once and cached as npz."""
     from tqdm.auto import tqdm
 
-    from .data import load_scene_cache, render_scenes, save_scene_cache
+    from .data import caption_version, load_scene_cache, recaption, render_scenes, save_scene_cache
 
     n, seed = (cfg.scenes, cfg.seed) if split == "train" else (cfg.val_scenes, cfg.seed + 10_000)
     path = cfg.state / "cache" / f"scenes_{split}_{seed}_{n}.npz"
     if path.exists():
-        return load_scene_cache(path)
+        cache = load_scene_cache(path)
+        if cache.caption_version != caption_version(world):  # same scenes, captions of another version
+            t0 = time.time()
+            cache = recaption(cache, world, seed, cfg.captions_per_scene)
+            save_scene_cache(path, cache)
+            log(f"re-captioned {n} {split} scenes (caption version {cache.caption_version}) in {time.time() - t0:.1f}s")
+        return cache
     t0 = time.time()
     with tqdm(total=n, desc=f"render {split}", unit="scene", file=sys.stderr) as bar:
         cache = render_scenes(world, n, seed, cfg.model.image_size, cfg.captions_per_scene, progress=bar.update)
@@ -443,7 +449,11 @@ def latent_cache(cfg: TrainConfig, world, log: Callable[[str], None]):
     from .tokenizer import load_tokenizer
 
     vae_meta = read_json(cfg.state / "vae.json", {})
-    path = cfg.state / "cache" / f"latents_{cfg.seed}_{cfg.scenes}_vae{vae_meta.get('step', 0)}.npz"
+    from .data import caption_version
+
+    cv = caption_version(world)  # token ids depend on the captions: v1 names unchanged, later versions tagged
+    path = cfg.state / "cache" / (f"latents_{cfg.seed}_{cfg.scenes}_vae{vae_meta.get('step', 0)}"
+                                  + ("" if cv == 1 else f"_c{cv}") + ".npz")
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
             mean, std, ids = f["mean"], f["std"], f["ids"]

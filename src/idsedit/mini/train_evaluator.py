@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..shapes import COLORS, SHAPES, SceneParams, render_many, sample_scene, with_changes
+from ..shapes import COLORS, DEFAULT_CAMERA, SHAPES, SceneParams, render_many, sample_scene, with_changes
 from ..shapes.scene import footprint_radius
 from .evaluator import (SIZE_MEAN, SIZE_STD, Evaluator, EvaluatorConfig, EvaluatorNet, save_evaluator,
                         soft_centroid)
@@ -44,6 +44,8 @@ class TrainEvaluatorConfig:
     noise_max: float = 0.08  # per-image pixel noise std ~ U[0, noise_max]
     blur_prob: float = 0.3  # probability of a 3x3 binomial blur
     threads: int = 1  # torch CPU threads (the machine is shared)
+    world: str = "shapes"  # "shapes": default camera only (v1); "multiview": the mini prior v2's cameras
+    default_share: float = 0.25  # multiview: fraction of scenes from the default camera
 
 
 def edit_like(p: SceneParams, rng: np.random.Generator) -> SceneParams:
@@ -64,12 +66,25 @@ def edit_like(p: SceneParams, rng: np.random.Generator) -> SceneParams:
     return q if clear else p  # never push the main object into (or behind) a distractor
 
 
-def render_dataset(n: int, seed: int, p_edit: float = 0.0, chunk: int = 64):
+ELEVATION_BUCKETS = (0.0, 15.0, 25.0, 35.0, 45.0, 90.0)
+"""Camera elevation bucket edges (degrees) of the held-out report."""
+
+
+def render_dataset(n: int, seed: int, p_edit: float = 0.0, chunk: int = 64, world: str = "shapes",
+                   default_share: float = 0.25):
     """Render n random scenes (a fraction ``p_edit`` passed through :func:`edit_like`) -> dict of uint8
     images (n, 64, 64, 3), bool masks (n, 64, 64), class indices color/shape/floor/background (n,), size (n,)
-    float32 and centroid (n, 2) float32 (x, y in pixels)."""
+    float32, centroid (n, 2) float32 (x, y in pixels), camera elevation (n,) and default_view (n,) bool.
+    ``world="multiview"`` samples the mini prior v2's scenes (:func:`idsedit.shapes.views.sample_view_scene`)."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng) for _ in range(n)]
+    if world == "multiview":
+        from ..shapes.views import sample_view_scene
+
+        scenes = [sample_view_scene(rng, default_share) for _ in range(n)]
+    elif world == "shapes":
+        scenes = [sample_scene(rng) for _ in range(n)]
+    else:
+        raise ValueError(f"unknown world {world!r}; use 'shapes' or 'multiview'")
     edit_rng = np.random.default_rng([seed, 1])
     scenes = [edit_like(s, edit_rng) if edit_rng.random() < p_edit else s for s in scenes]
     colors, shapes = list(COLORS), list(SHAPES)
@@ -92,6 +107,8 @@ def render_dataset(n: int, seed: int, p_edit: float = 0.0, chunk: int = 64):
         "background": np.array([colors.index(s.background) for s in scenes]),
         "size": np.array([s.main.size for s in scenes], dtype=np.float32),
         "centroid": centroid.astype(np.float32),
+        "elevation": np.array([s.camera.elevation for s in scenes], dtype=np.float32),
+        "default_view": np.array([s.camera == DEFAULT_CAMERA for s in scenes]),
     }
 
 
@@ -130,16 +147,32 @@ def loss_fn(out, y):
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def evaluate(ev: Evaluator, data) -> dict:
-    """Held-out metrics: accuracies, centroid error (px: mean, p95), size MAE, mask IoU (threshold 0.5)."""
+def _metrics(p: dict, data: dict, sel) -> dict:
+    err = np.linalg.norm(p["centroid"][sel] - data["centroid"][sel], axis=1)
+    inter = ((p["mask"][sel] > 0.5) & data["mask"][sel]).sum((1, 2))
+    union = ((p["mask"][sel] > 0.5) | data["mask"][sel]).sum((1, 2))
+    res = {f"{k}_acc": float((p[k][sel] == data[k][sel]).mean()) for k in ("color", "shape", "floor", "background")}
+    res.update(position_err_px=float(err.mean()), position_err_p95_px=float(np.percentile(err, 95)),
+               size_mae=float(np.abs(p["size"][sel] - data["size"][sel]).mean()),
+               mask_iou=float((inter / union).mean()), n=int(np.sum(sel)))
+    return res
+
+
+def evaluate(ev: Evaluator, data, by_view: bool = False) -> dict:
+    """Held-out metrics: accuracies, centroid error (px: mean, p95), size MAE, mask IoU (threshold 0.5), n.
+    ``by_view``: also ``by_elevation`` ({"lo-hi": metrics} over ELEVATION_BUCKETS) and ``default_view`` /
+    ``other_views`` metrics."""
     x = data["image"].astype(np.float32) / 255.0
     p = ev.predict(x)
-    err = np.linalg.norm(p["centroid"] - data["centroid"], axis=1)
-    inter = ((p["mask"] > 0.5) & data["mask"]).sum((1, 2))
-    union = ((p["mask"] > 0.5) | data["mask"]).sum((1, 2))
-    res = {f"{k}_acc": float((p[k] == data[k]).mean()) for k in ("color", "shape", "floor", "background")}
-    res.update(position_err_px=float(err.mean()), position_err_p95_px=float(np.percentile(err, 95)),
-               size_mae=float(np.abs(p["size"] - data["size"]).mean()), mask_iou=float((inter / union).mean()))
+    res = _metrics(p, data, np.ones(len(x), dtype=bool))
+    if by_view and "elevation" in data:
+        el = data["elevation"]
+        res["by_elevation"] = {f"{lo:g}-{hi:g}": _metrics(p, data, (el >= lo) & (el < hi))
+                               for lo, hi in zip(ELEVATION_BUCKETS, ELEVATION_BUCKETS[1:])
+                               if ((el >= lo) & (el < hi)).any()}
+        for name, sel in (("default_view", data["default_view"]), ("other_views", ~data["default_view"])):
+            if sel.any():
+                res[name] = _metrics(p, data, sel)
     return res
 
 
@@ -148,9 +181,10 @@ def train(cfg: TrainEvaluatorConfig, log=print) -> tuple[Evaluator, dict]:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    train_data = render_dataset(cfg.n_train, cfg.seed, cfg.p_edit)
+    train_data = render_dataset(cfg.n_train, cfg.seed, cfg.p_edit, world=cfg.world, default_share=cfg.default_share)
     n_train = len(train_data["image"])
-    val_data = render_dataset(cfg.n_val, cfg.seed + 1)  # held out: plain sample_scene scenes
+    # held out: plain scenes (no edit_like) from another seed, same world
+    val_data = render_dataset(cfg.n_val, cfg.seed + 1, world=cfg.world, default_share=cfg.default_share)
     log(f"rendered {cfg.n_train} + {cfg.n_val} scenes in {time.time() - t0:.0f} s")
     ecfg = EvaluatorConfig()
     net = EvaluatorNet(ecfg)
@@ -172,8 +206,11 @@ def train(cfg: TrainEvaluatorConfig, log=print) -> tuple[Evaluator, dict]:
             log(f"step {step:5d} loss {loss_value:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in parts.items())
                 + f" ({time.time() - t0:.0f} s)")
     ev = Evaluator(net.eval(), ecfg)
-    metrics = evaluate(ev, val_data)
-    log("held-out: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    metrics = evaluate(ev, val_data, by_view=cfg.world == "multiview")
+    log("held-out: " + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
+    for name, m in metrics.get("by_elevation", {}).items():
+        log(f"  elevation {name} deg (n={m['n']}): " + " ".join(f"{k} {m[k]:.3f}" for k in
+                                                                ("color_acc", "shape_acc", "floor_acc", "background_acc")))
     return ev, metrics
 
 

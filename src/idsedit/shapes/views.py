@@ -15,7 +15,10 @@ Distractors were placed by ``sample_scene`` so that they neither overlap nor hid
 default camera; for a random camera, the distractors that could hide it (:func:`hides_main`) or that stand
 within 0.5 units of the camera are removed from that scene. The captions are the world's templates plus
 view-independent phrasings (:data:`VIEW_TEMPLATES`: "a scene with a red cube", "a red cube with a blue
-background", ...) that say what is there, not from where it is seen; the same captions hold for every view.
+background", ...) that say what is there, not from where it is seen. One exception: seen from high up, the
+floor fills the whole image and the background is not visible; a caption of such a view never names the
+background (the phrase "in front of a ... background" / "with a ... background" is dropped from the drawn
+template; no extra random draw, so scenes and captions stay in lockstep). See :func:`background_visible`.
 
 ``MULTIVIEW_WORLD`` is a drop-in "world" for :mod:`idsedit.mini.data` (``sample_scene``, ``render_batch``,
 ``caption``, ``VOCABULARY``).
@@ -26,11 +29,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
 from ..errors import IdseditError
 from .captions import TEMPLATES, VOCABULARY, attributes, parse_caption
+from .raycast import pixel_rays, trace_floor
 from .render import render_batch
 from .scene import DEFAULT_CAMERA, CameraParams, ObjectParams, SceneParams, footprint_radius, sample_scene
 
@@ -121,6 +126,24 @@ def is_default_view(params: SceneParams) -> bool:
     return params.camera == DEFAULT_CAMERA
 
 
+BACKGROUND_MIN_FRACTION = 0.04
+"""A view shows the background when at least this fraction of its pixels miss the floor disc."""
+
+
+@lru_cache(maxsize=4096)
+def background_fraction(cam: CameraParams, size: int = 32) -> float:
+    """Fraction of the ``size`` x ``size`` pixel-centre rays of ``cam`` that miss the floor disc (they see the
+    background unless an object is in the way; objects are ignored here)."""
+    o, d = pixel_rays(cam, size)
+    t = trace_floor(o[:, None], d)
+    return float(np.mean(~np.isfinite(t)))
+
+
+def background_visible(cam: CameraParams) -> bool:
+    """Whether a view of ``cam`` shows enough background to name it: background_fraction >= 4%."""
+    return background_fraction(cam) >= BACKGROUND_MIN_FRACTION
+
+
 # ------------------------------------------------------------------------------------------------ captions
 VIEW_TEMPLATES: tuple[str, ...] = (
     "scene with {a_color} {shape}",
@@ -143,11 +166,17 @@ def _an(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+_BACKGROUND_PHRASE = re.compile(r" (?:in front of|with) a \{background\} background")
+
+
 def view_caption(params: SceneParams, rng: np.random.Generator | None = None, *, template: str | None = None) -> str:
     """A v2 caption: rng=None and template=None -> the canonical "a <color> <shape>"; with rng, a uniform draw
-    from :data:`ALL_TEMPLATES`."""
+    from :data:`ALL_TEMPLATES`. When the view shows no background (:func:`background_visible`), the background
+    phrase is dropped from the template."""
     if template is None:
         template = ALL_TEMPLATES[0] if rng is None else ALL_TEMPLATES[int(rng.integers(len(ALL_TEMPLATES)))]
+    if "{background}" in template and not background_visible(params.camera):
+        template = _BACKGROUND_PHRASE.sub("", template)
     a = attributes(params)
     try:
         body = template.format(a_color=_an(a["color"]), **a)
@@ -171,6 +200,8 @@ def parse_view_caption(text: str) -> dict[str, str]:
 class MultiViewWorld:
     """The shapes world as :mod:`idsedit.mini.data` uses it, with v2 scenes and captions."""
 
+    CAPTION_VERSION = 2  # 2: no background named where none is visible (a scene cache of another version is recaptioned)
+
     def __init__(self, default_share: float = DEFAULT_SHARE, ranges: ViewRanges = VIEW_RANGES):
         self.default_share, self.ranges = default_share, ranges
         self.VOCABULARY = VIEW_VOCABULARY
@@ -192,5 +223,6 @@ MULTIVIEW_WORLD = MultiViewWorld()
 
 __all__ = ["ViewRanges", "VIEW_RANGES", "DEFAULT_SHARE", "sample_camera", "hides_main", "too_close", "view_scene",
            "sample_view_scene", "is_default_view", "VIEW_TEMPLATES", "ALL_TEMPLATES", "VIEW_VOCABULARY",
-           "view_caption", "parse_view_caption", "MultiViewWorld", "MULTIVIEW_WORLD", "DEFAULT_CAMERA",
+           "view_caption", "parse_view_caption", "background_fraction", "background_visible",
+           "BACKGROUND_MIN_FRACTION", "MultiViewWorld", "MULTIVIEW_WORLD", "DEFAULT_CAMERA",
            "CameraParams"]
