@@ -1,0 +1,121 @@
+"""Volume rendering against closed forms, and the TensoRF field's pieces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from idsedit.scene.field import FieldConfig, TensoRF, sh_basis
+from idsedit.scene.render import camera_rays, composite, depth_for_files, ray_box, render_rays
+
+
+class ConstantSphere:
+    """sigma = SIGMA inside a sphere (centre C, radius R), 0 outside; colour COLOUR; background BG."""
+
+    SIGMA, R = 3.0, 0.5
+    C = torch.tensor([0.1, -0.2, 0.05])
+    COLOUR = torch.tensor([0.2, 0.6, 0.9])
+    BG = torch.tensor([1.0, 0.5, 0.0])
+
+    def __init__(self):
+        self.lo, self.hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+
+    def occupied(self, p):
+        return torch.ones(p.shape[0], dtype=torch.bool)
+
+    def density(self, p):
+        return torch.where((p - self.C).norm(dim=-1) <= self.R, self.SIGMA, 0.0)
+
+    def colour(self, p, d):
+        return self.COLOUR.expand(p.shape[0], 3)
+
+    def background(self, d):
+        return self.BG.expand(d.shape[0], 3)
+
+
+def closed_form(b: float, dist: float, sigma: float, r: float):
+    """A ray passing the centre at distance b, starting ``dist`` before the point of closest approach:
+    chord L = 2 sqrt(r^2 - b^2), entry t0 = dist - L / 2; opacity 1 - exp(-sigma L);
+    E[t | the ray ends in the sphere] = t0 + 1/sigma - L exp(-sigma L) / (1 - exp(-sigma L))."""
+    L = 2 * math.sqrt(r * r - b * b)
+    e = math.exp(-sigma * L)
+    return 1 - e, dist - L / 2 + 1 / sigma - L * e / (1 - e)
+
+
+def test_constant_density_sphere_opacity_and_depth():
+    f = ConstantSphere()
+    dist = 2.5
+    bs = [0.0, 0.2, 0.35, 0.45, 0.6]   # the last misses the sphere
+    d = torch.tensor([[0.0, 0.0, -1.0]]).expand(len(bs), 3).contiguous()
+    o = torch.stack([f.C + torch.tensor([b, 0.0, dist]) for b in bs])
+    out = render_rays(f, o, d, step=2e-4, weight_eps=0.0)
+    for k, b in enumerate(bs):
+        if b < f.R:
+            op, depth = closed_form(b, dist, f.SIGMA, f.R)
+            assert float(out.opacity[k]) == pytest.approx(op, abs=2e-4)
+            assert float(out.depth[k]) == pytest.approx(depth, abs=2e-4)
+            want = op * f.COLOUR + (1 - op) * f.BG
+            torch.testing.assert_close(out.rgb[k], want, atol=2e-4, rtol=0)
+        else:
+            assert float(out.opacity[k]) == 0.0 and math.isinf(float(out.depth[k]))
+            torch.testing.assert_close(out.rgb[k], f.BG)
+
+
+def test_composite_hand_computed():
+    """Two samples: alpha = 1 - exp(-sigma step); w = (a1, (1 - a1) a2)."""
+    sigma = torch.tensor([[1.0, 2.0]])
+    rgb = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    t = torch.tensor([[1.0, 3.0]])
+    out = composite(sigma, rgb, t, 0.5, torch.tensor([[0.0, 0.0, 1.0]]))
+    a1, a2 = 1 - math.exp(-0.5), 1 - math.exp(-1.0)
+    w1, w2 = a1, (1 - a1) * a2
+    torch.testing.assert_close(out.opacity, torch.tensor([w1 + w2]))
+    torch.testing.assert_close(out.rgb, torch.tensor([[w1, w2, 1 - w1 - w2]]))
+    torch.testing.assert_close(out.depth, torch.tensor([(w1 * 1 + w2 * 3) / (w1 + w2)]))
+    # depth files: +inf below half opacity
+    out.opacity = torch.tensor([0.4])
+    assert math.isinf(float(depth_for_files(out)[0]))
+
+
+def test_ray_box_and_camera_rays():
+    o = torch.tensor([[0.0, 0.0, 5.0], [0.0, 3.0, 5.0], [0.0, 0.0, 0.0]])
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    tn, tf = ray_box(o, d, torch.full((3,), -1.0), torch.full((3,), 1.0))
+    torch.testing.assert_close(tn[[0, 2]], torch.tensor([4.0, 0.0]))
+    torch.testing.assert_close(tf[[0, 2]], torch.tensor([6.0, 1.0]))
+    assert tf[1] <= tn[1]
+    # identity camera: the centre pixel of a 3x3 image with cx = cy = 1.5 looks down -Z; corners are symmetric
+    o, d = camera_rays(torch.eye(4), (1.0, 1.0, 1.5, 1.5), (3, 3))
+    torch.testing.assert_close(d[4], torch.tensor([0.0, 0.0, -1.0]))
+    torch.testing.assert_close(d[0], torch.tensor([-1.0, 1.0, -1.0]) / math.sqrt(3))    # top-left: -x, +y
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(9))
+
+
+def test_sh_basis_orthonormal_on_the_sphere():
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(200000, 3, generator=g, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    y = sh_basis(d, 2)
+    gram = 4 * math.pi * (y.t() @ y) / d.shape[0]        # Monte-Carlo integral of Y_i Y_j over the sphere
+    torch.testing.assert_close(gram, torch.eye(9, dtype=torch.float64), atol=0.03, rtol=0)
+
+
+def test_field_upsample_keeps_values_and_occupancy_prunes():
+    cfg = FieldConfig(aabb=[[-1, -1, -1], [1, 1, 1]], resolution=[6, 5, 4], density_rank=2, app_rank=2)
+    f = TensoRF(cfg, generator=torch.Generator().manual_seed(0))
+    p = torch.rand(50, 3, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
+    d = torch.nn.functional.normalize(torch.randn(50, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
+    s0, c0 = f.density(p), f.colour(p, d)
+    f.upsample([11, 9, 7])    # (n - 1) doubles: the old grid points are kept exactly, linear in between
+    assert list(f.density_planes[0].shape) == [1, 2, 9, 11]
+    torch.testing.assert_close(f.density(p), s0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(f.colour(p, d), c0, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():                 # f = 3 components x rank 2 x (-2 * 1) = -12: sigma = 25 softplus(-17)
+        for q in f.density_planes:
+            q.fill_(-2.0)
+        for q in f.density_lines:
+            q.fill_(1.0)
+    assert f.update_occupancy(0.01) == 0.0
+    assert not f.occupied(p).any()
