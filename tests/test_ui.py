@@ -339,8 +339,8 @@ def test_gradio_client_calls_the_same_endpoint(server, files):
         handle_file(str(files["image"])), SRC, TRG, "ids", "dds", 3, 7.5, 2, 1.0, "exact", 0, None, None,
         api_name="/edit")
     assert status.startswith("done; ids: 3 steps; dds: 3 steps")
-    assert Image.open(edited).size == Image.open(source).size
-    assert compare["visible"] is True and Image.open(compare["value"]).size == Image.open(source).size
+    assert edited["label"] == "Edited: ids" and compare["label"] == "Edited: dds" and compare["visible"] is True
+    assert Image.open(edited["value"]).size == Image.open(compare["value"]).size == Image.open(source).size
     assert {row[2] for row in plot["data"]} == {"ids, FPR iteration 1", "ids, FPR iteration 2"}
     recs = [json.loads(Path(p).read_text()) for p in paths if p.endswith(".json")]
     assert [r["method"] for r in recs] == ["ids", "dds"] and recs[0]["config"]["distill"]["fpr_iters"] == 2
@@ -374,3 +374,59 @@ def test_one_run_at_a_time_with_queue_position(server, files):
     a.predict(api_name="/cancel")
     assert job_a.result(timeout=30)[0].startswith("cancelled")
     assert job_b.result(timeout=60)[0].startswith("done; dds: 2 steps")
+
+
+def test_cli_serves_on_localhost_and_stops(tmp_path):
+    """`idsedit ui --model <tiny> --port P --out DIR` serves the page on 127.0.0.1 only and writes only in DIR."""
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    out = tmp_path / "ui-out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "idsedit", "ui", "--model", str(TINY_MODEL), "--port", str(port),
+                             "--out", str(out), "--device", "cpu"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.time() + 90, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert page is not None and "idsedit" in page, proc.stdout.read() if proc.poll() is not None else ""
+        listening = [c for c in _listeners(port)]
+        assert listening and all(addr == "127.0.0.1" for addr in listening)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ui-out"]
+    assert (out / "examples").is_dir() and (out / "cache").is_dir()
+
+
+def _listeners(port: int) -> list[str]:
+    """Local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp, IPv4)."""
+    addrs = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            addrs.append(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+    return addrs
+
+
+def test_cli_port_in_use_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
+    import idsedit.prior
+    from idsedit import cli
+
+    loads = []
+    monkeypatch.setattr(idsedit.prior, "load_prior", lambda *a, **k: loads.append(a))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        code = cli.main(["ui", "--port", str(port), "--out", str(tmp_path / "o")])
+    assert code == 1 and loads == []                              # refused before any model loads
+    assert capsys.readouterr().err.strip() == f"error: port {port} on 127.0.0.1 is in use: choose another --port"
+    assert not (tmp_path / "o").exists()

@@ -62,6 +62,24 @@ def prepare_out(out: str | os.PathLike | None) -> Path:
     return out_dir
 
 
+def check_port(host: str, port: int) -> None:
+    """IdseditError if nothing can listen on host:port (in use, or an address this machine does not have)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise IdseditError(f"--host {host!r} is not an address of this machine ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            why = "is in use" if e.errno == 98 else f"cannot be used ({e.strerror})"
+            raise IdseditError(f"port {port} on {host} {why}: choose another --port") from None
+
+
 def create(prior, out_dir: str | os.PathLike, *, examples: bool = True, max_queue: int = 16):
     """(Blocks app with its queue set up, EditRunner) over a loaded prior; launch with ``app.launch(...)``."""
     out_dir = prepare_out(out_dir)
@@ -85,21 +103,27 @@ def launch(app, *, host: str = "127.0.0.1", port: int = 7860, share: bool = Fals
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    import warnings
+
     check_gradio()
+    warnings.filterwarnings("ignore", category=ResourceWarning)   # asyncio's event-loop notes from the server
     if not 0 < args.port < 65536:
         raise IdseditError(f"--port must be between 1 and 65535, got {args.port}")
+    check_port(args.host, args.port)                       # before the model loads: fail in a second
     out_dir = prepare_out(args.out)
-    from ..cli import _quiet_libraries
-    from ..prior import check_device, load_prior
+    from ..prior import check_device, load_prior, quiet_libraries
 
     check_device(args.device)
     print(f"loading {args.model or 'the bundled mini prior'} ...", flush=True)
-    with _quiet_libraries():
+    with quiet_libraries():
         prior = load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     app, _ = create(prior, out_dir, max_queue=args.max_queue)
     print(f"idsedit ui: http://{args.host}:{args.port} (Ctrl-C to stop); files go to {out_dir}", flush=True)
     try:
         launch(app, host=args.host, port=args.port, share=args.share, block=True)
     except OSError as e:
-        raise IdseditError(f"cannot listen on {args.host}:{args.port} ({e}): choose another --port") from None
+        raise IdseditError(f"cannot listen on {args.host}:{args.port} ({' '.join(str(e).split())}): choose "
+                           "another --port") from None
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
     return 0

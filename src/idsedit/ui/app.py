@@ -42,10 +42,12 @@ def _escape(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _residual_frame(results: list[MethodDone]) -> pd.DataFrame:
+def _residual_frame(results: list[MethodDone]) -> pd.DataFrame | None:
     """Long-form table for the residual plot: one row per (method, step, FPR iteration)."""
     rows = [{"step": s, "residual": r, "series": f"{md.method}, FPR iteration {k + 1}"}
             for md in results for s, k, r in md.residuals]
+    if not rows:                 # None, not an empty frame: Gradio 6's plot draws no lines after an empty one
+        return None
     return pd.DataFrame(rows, columns=["step", "residual", "series"])
 
 
@@ -86,11 +88,11 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "") -> gr.
                                             brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
                                             transforms=(), height=300, image_mode="RGBA", format="png")
                     mask_file = gr.File(label="Or upload a mask (white = edit, black = keep; optional)",
-                                        type="filepath", elem_id="mask", height=90)
+                                        type="filepath", elem_id="mask", height=110)
                     if examples:
                         gallery = gr.Gallery(value=[(str(e.path), e.label) for e in examples],
                                              label="Examples from the shapes world (click one: captions are "
-                                                   "filled in)", columns=6, height=150, allow_preview=False,
+                                                   "filled in)", columns=6, height=150, allow_preview=False, buttons=[],
                                              elem_id="examples", interactive=False)
                 with gr.Column(scale=1):
                     source = gr.Textbox(label="Source prompt", info="what the image shows",
@@ -132,7 +134,7 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "") -> gr.
                                  visible=False, elem_id="out_b")
             with gr.Row():
                 plot = gr.LinePlot(_residual_frame([]), x="step", y="residual", color="series",
-                                   label="FPR residuals ||z_src - z0_hat(z_t)|| per step (IDS)", height=260,
+                                   label="FPR residuals ||z_src - z0_hat(z_t)|| per step (IDS)", height=320,
                                    elem_id="plot")
                 files = gr.File(label="Downloads: edited PNG, side-by-side PNG, JSON record",
                                 file_count="multiple", interactive=False, elem_id="downloads")
@@ -216,7 +218,10 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "") -> gr.
                 "cancelled before the first step"
             for m in done.messages:
                 line += f"\n\nwarning: {m}"
-            return (_status(line), gr.update(), display(req.image), display(a), gr.update(value=display(b), visible=two),
+            label_a = f"Edited: {res[0].method}" if res else "Edited"
+            label_b = f"Edited: {res[1].method}" if len(res) > 1 else "Edited (compare)"
+            return (_status(line), gr.update(), display(req.image), gr.update(value=display(a), label=label_a),
+                    gr.update(value=display(b), visible=two, label=label_b),
                     _residual_frame(res), paths or None)
 
         run_event = run.click(edit, [upload, source, target, method, compare, steps, guidance, fpr_iters,
