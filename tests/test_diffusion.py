@@ -30,33 +30,65 @@ def test_guided_noise_inverts_forward_noising():
     torch.testing.assert_close(D.x0_from_eps(z_t, eps, ab), z, rtol=1e-12, atol=1e-12)
 
 
-def test_v_conversions_round_trip():
-    z, eps, ab = rnd(0), rnd(1), AB.double()
-    z_t = D.add_noise(z, eps, ab)
-    v = D.v_from_eps(z_t, eps, ab)
-    torch.testing.assert_close(v, ab**0.5 * eps - (1 - ab) ** 0.5 * z)
-    torch.testing.assert_close(D.eps_from_v(z_t, v, ab), eps)
-    torch.testing.assert_close(D.x0_from_v(z_t, v, ab), z)
+def test_v_conversions_hand_computed():
+    """ab = 0.64 (sqrt 0.8, sqrt(1 - ab) 0.6): z_t = 1, v = 0.5 -> eps = 0.6 * 1 + 0.8 * 0.5 = 1.0 and
+    z0 = 0.8 * 1 - 0.6 * 0.5 = 0.5; z0 = 0.5, eps = 1 -> z_t = 0.4 + 0.6 = 1.0 and v = 0.8 * 1 - 0.6 * 0.5 = 0.5."""
+    ab = torch.tensor(0.64, dtype=torch.float64)
+    one, half = torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
+    torch.testing.assert_close(D.eps_from_v(one, half, ab), one, rtol=0, atol=1e-15)
+    torch.testing.assert_close(D.x0_from_v(one, half, ab), half, rtol=0, atol=1e-15)
+    torch.testing.assert_close(D.v_from_eps(one, one, ab), half, rtol=0, atol=1e-15)
 
 
-def test_cfg_endpoints():
-    u, c = rnd(0), rnd(1)
-    torch.testing.assert_close(D.cfg(u, c, 1.0), c)
-    assert torch.equal(D.cfg(u, c, 0.0), u)
-    torch.testing.assert_close(D.cfg(u, c, 7.5), u + 7.5 * (c - u))
-
-
-def test_ddpm_posterior_matches_closed_form_at_one_step():
-    """For t_prev = t - 1 the posterior mean/std equal DDPM's beta-tilde formulas from the scheduler."""
+def test_v_conversions_match_diffusers_v_prediction():
+    """diffusers' get_velocity gives v for (z0, eps, t); eps_from_v/x0_from_v must recover the eps and z0 that made
+    it, and DDPMScheduler.step's v-prediction path must give the same x0 (pred_original_sample)."""
     from diffusers import DDPMScheduler
 
-    s = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    t = 300
-    ab_t, ab_p = s.alphas_cumprod[t], s.alphas_cumprod[t - 1]
-    beta, alpha = s.betas[t], s.alphas[t]
-    z0, zt = rnd(0).float(), rnd(1).float()
-    mu = D.ddpm_posterior_mean(zt, z0, alpha, beta, ab_t, ab_p)
-    expected = (ab_p**0.5 * beta / (1 - ab_t)) * z0 + (alpha**0.5 * (1 - ab_p) / (1 - ab_t)) * zt
-    torch.testing.assert_close(mu, expected)
-    var = D.ddpm_posterior_std(beta, ab_t, ab_p) ** 2
-    torch.testing.assert_close(var, s._get_variance(t), rtol=1e-4, atol=1e-8)  # scheduler: 1 - ab_t / ab_prev in fp32
+    s = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                      prediction_type="v_prediction", clip_sample=False)
+    z0, eps, t = rnd(0), rnd(1), torch.tensor([700, 700])
+    v = s.get_velocity(z0, eps, t)
+    z_t = s.add_noise(z0, eps, t)
+    ab = D.gather(s.alphas_cumprod.double(), t)
+    torch.testing.assert_close(D.eps_from_v(z_t, v, ab), eps, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(D.x0_from_v(z_t, v, ab), z0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(D.v_from_eps(z_t, eps, ab), v, rtol=1e-6, atol=1e-6)
+    x0_sched = s.step(v[:1].float(), 700, z_t[:1].float(), generator=torch.Generator().manual_seed(0)).pred_original_sample
+    torch.testing.assert_close(D.x0_from_v(z_t[:1].float(), v[:1].float(), ab[:1].float()), x0_sched)
+
+
+def test_cfg_hand_computed():
+    u, c = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    assert torch.equal(D.cfg(u, c, 7.5), torch.tensor([16.0, 13.0]))     # 1 + 7.5 * 2, -2 + 7.5 * 2
+    assert torch.equal(D.cfg(u, c, 1.0), c) and torch.equal(D.cfg(u, c, 0.0), u)
+
+
+def ddpm_step_mean_and_std(sched, model_output, t, z_t):
+    """Mean and std of diffusers' DDPMScheduler.step (fixed_small variance): two seeded steps, noises redrawn."""
+    outs, noises = [], []
+    for seed in (0, 1):
+        outs.append(sched.step(model_output, t, z_t, generator=torch.Generator().manual_seed(seed)).prev_sample)
+        noises.append(torch.randn(z_t.shape, generator=torch.Generator().manual_seed(seed), dtype=z_t.dtype))
+    dn = noises[0] - noises[1]
+    std = ((outs[0] - outs[1]) * dn).sum() / (dn * dn).sum()    # least squares: out = mu + std * noise
+    return outs[0] - std * noises[0], std
+
+
+def test_ddpm_posterior_matches_diffusers_ddpm_step():
+    """mu and sigma of q(z_{t-1} | z_t, z0) equal DDPMScheduler.step's pred_prev_sample mean and std (fixed_small,
+    1000 steps so t_prev = t - 1), for z0 given directly (prediction "sample") and via eps (Tweedie)."""
+    from diffusers import DDPMScheduler
+
+    for prediction in ("sample", "epsilon"):
+        s = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          variance_type="fixed_small", prediction_type=prediction)
+        t = 300
+        ab_t, ab_p = s.alphas_cumprod[t], s.alphas_cumprod[t - 1]
+        z0, zt = rnd(0).float(), rnd(1).float()
+        eps = D.eps_from_x0(zt, z0, ab_t)
+        mean, std = ddpm_step_mean_and_std(s, z0 if prediction == "sample" else eps, t, zt)
+        mu = D.ddpm_posterior_mean(zt, D.x0_from_eps(zt, eps, ab_t) if prediction == "epsilon" else z0,
+                                   s.alphas[t], s.betas[t], ab_t, ab_p)
+        torch.testing.assert_close(mu, mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(D.ddpm_posterior_std(s.betas[t], ab_t, ab_p), std, rtol=1e-4, atol=1e-7)

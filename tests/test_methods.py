@@ -8,7 +8,7 @@ import torch
 import idsedit.diffusion as D
 from idsedit.distill import METHODS, DistillConfig
 from idsedit.distill.cds import capture_outputs, cut_loss, patch_nce, self_attention_layers, token_grid
-from idsedit.fpr import fixed_point_regularize, fpr_step_jacobian_free, residual_norm
+from idsedit.fpr import fixed_point_regularize, residual_norm
 from idsedit.rng import Sampler
 
 T = torch.tensor([500])
@@ -52,6 +52,9 @@ def test_sds_is_guided_eps_minus_noise(tiny_prior, conds):
 
 
 def test_pds_matches_hand_computed_posterior_residuals(tiny_prior, conds):
+    """The default t_prev = t - 2 with beta_t, alpha_t of the 1000-step schedule at t is the PDS authors'
+    convention, which no library implements, so it is spelled out here; the one-step posterior (t_prev = t - 1)
+    is checked against diffusers' DDPMScheduler.step in test_method_oracles.py."""
     z_src, z_trg, noise = rnd(0), rnd(2), rnd(1)
     gen_seed = 7
     out = run(tiny_prior, "pds", z_src, z_trg, noise, *conds, sampler=Sampler(torch.Generator().manual_seed(gen_seed)))
@@ -106,18 +109,10 @@ def test_exact_fpr_gradient_matches_finite_differences(tiny_prior, conds):
         prior.dtype = old
 
 
-def test_jacobian_free_step_is_the_closed_form(tiny_prior, conds):
-    z_src = rnd(0)
-    ab = tiny_prior.alpha_bar(T)
-    z_t = D.add_noise(z_src, rnd(1), ab)
-    z_next, norm = fpr_step_jacobian_free(tiny_prior, z_src, z_t, T, conds[0], 7.5, 0.5)
-    (eps,) = tiny_prior.eps([z_t], T, [conds[0]], 7.5)
-    z0 = D.x0_from_eps(z_t, eps, ab)
-    r = z_src - z0
-    torch.testing.assert_close(norm, r.norm())
-    torch.testing.assert_close(z_next, z_t - 0.5 * (-r) / (r.norm() * ab**0.5))
+def test_jacobian_free_ids_runs_forward_passes_only(tiny_prior, conds):
+    """The step's values are checked against explicit numbers and autograd in test_method_oracles.py."""
     before = tiny_prior.calls.snapshot()["backward"]
-    run(tiny_prior, "ids", z_src, rnd(2), rnd(1), *conds, DistillConfig(fpr_mode="jacobian-free"))
+    run(tiny_prior, "ids", rnd(0), rnd(2), rnd(1), *conds, DistillConfig(fpr_mode="jacobian-free"))
     assert tiny_prior.calls.snapshot()["backward"] == before  # forward passes only
 
 
