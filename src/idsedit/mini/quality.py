@@ -129,6 +129,53 @@ def accuracy(images: np.ndarray, prompts: list[str]) -> dict:
             "colour_acc": float(np.mean([g == w["color"] for g, w in zip(got, want)])), "shape_acc": None}
 
 
+ATTRIBUTE_TEMPLATES = (
+    "{color} {shape}",
+    "{color} {shape} on a {floor} floor",
+    "{color} {shape} in front of a {background} background",
+    "{color} {shape} on a {floor} floor in front of a {background} background",
+)
+"""Prompt forms of the per-attribute check: colour and shape always named, floor and/or background sometimes."""
+
+
+def attribute_prompts(n: int, seed: int = 31337) -> list[tuple[str, dict]]:
+    """``n`` prompts with the attributes they name, cycling through ATTRIBUTE_TEMPLATES with random colours and
+    shapes under the world's constraints (floor colour != object colour, background != floor)."""
+    from idsedit.shapes import COLORS, SHAPES
+    from idsedit.shapes.captions import parse_caption
+
+    rng = np.random.default_rng(seed)
+    colors = list(COLORS)
+    out = []
+    for i in range(n):
+        c = colors[rng.integers(len(colors))]
+        sh = SHAPES[rng.integers(len(SHAPES))]
+        fl = [x for x in colors if x != c][rng.integers(len(colors) - 1)]
+        bg = [x for x in colors if x != fl][rng.integers(len(colors) - 1)]
+        body = ATTRIBUTE_TEMPLATES[i % len(ATTRIBUTE_TEMPLATES)].format(color=c, shape=sh, floor=fl, background=bg)
+        text = ("an " if body[0] in "aeiou" else "a ") + body
+        out.append((text, parse_caption(text)))
+    return out
+
+
+def attribute_accuracy(ev, images: np.ndarray, named: list[dict]) -> dict:
+    """Per-attribute accuracy of uint8 images (N, H, W, 3) judged by evaluator ``ev``: for each of colour, shape,
+    floor, background, the fraction of the images whose prompt names it that show it; plus the fraction with
+    every named attribute right."""
+    pred = ev.predict(images.astype(np.float32) / 255.0)
+    got = {k: ev.names(pred, "color" if k == "color" else k) for k in ("color", "shape", "floor", "background")}
+    res, all_ok = {}, np.ones(len(images), dtype=bool)
+    for k in ("color", "shape", "floor", "background"):
+        sel = [i for i, d in enumerate(named) if k in d]
+        ok = np.array([got[k][i] == named[i][k] for i in sel])
+        res[f"{k}_acc"] = float(ok.mean()) if sel else None
+        res[f"{k}_n"] = len(sel)
+        all_ok[sel] &= ok
+    res["all_named_acc"] = float(all_ok.mean())
+    res["n"] = len(images)
+    return res
+
+
 def heldout_psnr(vae, n: int, seed: int = 12345) -> float:
     """Mean VAE reconstruction PSNR (dB, posterior mean) on ``n`` fresh renders never seen in training."""
     from idsedit.shapes import render_batch, sample_scene
@@ -150,10 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--psnr-scenes", type=int, default=256, help="held-out renders for the VAE PSNR (seed 12345)")
+    p.add_argument("--attributes", type=int, default=0,
+                   help="also: this many prompts naming colour/shape/floor/background (x --seeds samples), judged "
+                        "per attribute (0 = skip)")
+    p.add_argument("--evaluator", type=Path, default=None, help="evaluator weights (default: the shipped one)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     a = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     pipe = load_pipeline(a.model)
     from idsedit.shapes import COLORS, SHAPES
 
@@ -162,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     res = accuracy(ims, prompts)
     res.update(prompts=len(prompts), seeds=a.seeds, steps=a.steps, guidance=a.guidance)
     res["vae_psnr_db"] = heldout_psnr(pipe.vae, a.psnr_scenes)
+    if a.attributes > 0:
+        from .evaluator import load_evaluator
+
+        ev = load_evaluator(a.evaluator) if a.evaluator else load_evaluator()
+        pairs = attribute_prompts(a.attributes)
+        ims_a = sample(pipe, [t for t, _ in pairs], list(range(a.seeds)), a.steps, a.guidance)
+        named = [d for _, d in pairs for _ in range(a.seeds)]
+        res["attributes"] = attribute_accuracy(ev, ims_a.reshape(-1, *ims_a.shape[2:]), named)
+        res["attributes"]["evaluator"] = str(a.evaluator or "shipped")
     if a.grid is not None:
         rows = [prompts.index(g) if g in prompts else None for g in GRID_PROMPTS]
         grid = np.stack([ims[r] for r in rows if r is not None])

@@ -66,6 +66,10 @@ def edit_like(p: SceneParams, rng: np.random.Generator) -> SceneParams:
     return q if clear else p  # never push the main object into (or behind) a distractor
 
 
+BACKGROUND_MIN_PIXELS = 0.04
+"""The background class is learnt and scored only on images where at least this fraction of pixels is background
+(seen from high up, the floor fills the image)."""
+
 ELEVATION_BUCKETS = (0.0, 15.0, 25.0, 35.0, 45.0, 90.0)
 """Camera elevation bucket edges (degrees) of the held-out report."""
 
@@ -88,14 +92,15 @@ def render_dataset(n: int, seed: int, p_edit: float = 0.0, chunk: int = 64, worl
     edit_rng = np.random.default_rng([seed, 1])
     scenes = [edit_like(s, edit_rng) if edit_rng.random() < p_edit else s for s in scenes]
     colors, shapes = list(COLORS), list(SHAPES)
-    images, masks = [], []
+    images, masks, bg = [], [], []
     for i in range(0, n, chunk):
         r = render_many(scenes[i:i + chunk], 64)
         images.append((r.rgb * 255 + 0.5).astype(np.uint8))
         masks.append(r.mask)
-    images, masks = np.concatenate(images), np.concatenate(masks)
+        bg.append(np.isinf(r.depth).mean((1, 2)))  # fraction of background pixels
+    images, masks, bg = np.concatenate(images), np.concatenate(masks), np.concatenate(bg)
     keep = masks.sum((1, 2)) >= 20  # drop the rare edit that hides the main object behind a distractor
-    images, masks, scenes = images[keep], masks[keep], [s for s, k in zip(scenes, keep) if k]
+    images, masks, bg, scenes = images[keep], masks[keep], bg[keep], [s for s, k in zip(scenes, keep) if k]
     ys, xs = np.mgrid[0:64, 0:64] + 0.5
     area = masks.sum((1, 2))
     centroid = np.stack([(masks * xs).sum((1, 2)) / area, (masks * ys).sum((1, 2)) / area], 1)
@@ -109,6 +114,7 @@ def render_dataset(n: int, seed: int, p_edit: float = 0.0, chunk: int = 64, worl
         "centroid": centroid.astype(np.float32),
         "elevation": np.array([s.camera.elevation for s in scenes], dtype=np.float32),
         "default_view": np.array([s.camera == DEFAULT_CAMERA for s in scenes]),
+        "background_visible": bg >= BACKGROUND_MIN_PIXELS,
     }
 
 
@@ -130,6 +136,9 @@ def _batch(data, idx, gen: torch.Generator | None, cfg: TrainEvaluatorConfig):
         sigma = torch.rand(b, 1, 1, 1, generator=gen) * cfg.noise_max
         x = (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1)
     y = {k: torch.from_numpy(data[k][idx]).long() for k in ("color", "shape", "floor", "background")}
+    vis = data.get("background_visible")
+    y["background_visible"] = (torch.from_numpy(vis[idx]).float() if vis is not None
+                               else torch.ones(len(idx)))
     y["size"] = (torch.from_numpy(data["size"][idx]) - SIZE_MEAN) / SIZE_STD
     y["mask32"] = F.avg_pool2d(m, 2)
     y["centroid"] = cen
@@ -138,7 +147,13 @@ def _batch(data, idx, gen: torch.Generator | None, cfg: TrainEvaluatorConfig):
 
 def loss_fn(out, y):
     """Sum of the head losses; returns (total, dict of floats)."""
-    parts = {k: F.cross_entropy(out[k], y[k]) for k in ("color", "shape", "floor", "background")}
+    parts = {k: F.cross_entropy(out[k], y[k]) for k in ("color", "shape", "floor")}
+    w = y.get("background_visible")
+    if w is None:
+        parts["background"] = F.cross_entropy(out["background"], y["background"])
+    else:  # only where the background is visible
+        ce = F.cross_entropy(out["background"], y["background"], reduction="none")
+        parts["background"] = (w * ce).sum() / w.sum().clamp(min=1.0)
     parts["mask"] = F.binary_cross_entropy_with_logits(out["mask_logits"], y["mask32"])
     cen = soft_centroid(torch.sigmoid(out["mask_logits"]), 64)
     parts["centroid"] = (cen - y["centroid"]).abs().mean() / 4.0  # ~1 at a 4 px error
@@ -151,7 +166,10 @@ def _metrics(p: dict, data: dict, sel) -> dict:
     err = np.linalg.norm(p["centroid"][sel] - data["centroid"][sel], axis=1)
     inter = ((p["mask"][sel] > 0.5) & data["mask"][sel]).sum((1, 2))
     union = ((p["mask"][sel] > 0.5) | data["mask"][sel]).sum((1, 2))
-    res = {f"{k}_acc": float((p[k][sel] == data[k][sel]).mean()) for k in ("color", "shape", "floor", "background")}
+    res = {f"{k}_acc": float((p[k][sel] == data[k][sel]).mean()) for k in ("color", "shape", "floor")}
+    bsel = sel & data["background_visible"] if "background_visible" in data else sel
+    res["background_acc"] = float((p["background"][bsel] == data["background"][bsel]).mean()) if bsel.any() else None
+    res["background_n"] = int(np.sum(bsel))
     res.update(position_err_px=float(err.mean()), position_err_p95_px=float(np.percentile(err, 95)),
                size_mae=float(np.abs(p["size"][sel] - data["size"][sel]).mean()),
                mask_iou=float((inter / union).mean()), n=int(np.sum(sel)))
@@ -209,8 +227,9 @@ def train(cfg: TrainEvaluatorConfig, log=print) -> tuple[Evaluator, dict]:
     metrics = evaluate(ev, val_data, by_view=cfg.world == "multiview")
     log("held-out: " + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
     for name, m in metrics.get("by_elevation", {}).items():
-        log(f"  elevation {name} deg (n={m['n']}): " + " ".join(f"{k} {m[k]:.3f}" for k in
-                                                                ("color_acc", "shape_acc", "floor_acc", "background_acc")))
+        log(f"  elevation {name} deg (n={m['n']}): " + " ".join(
+            f"{k} {m[k]:.3f}" if m[k] is not None else f"{k} n/a" for k in
+            ("color_acc", "shape_acc", "floor_acc", "background_acc")) + f" (background visible in {m['background_n']})")
     return ev, metrics
 
 
