@@ -157,4 +157,4 @@ def test_mini_export_record_marks_a_closed_vocabulary(tmp_path):
     p = P.load_prior(str(folder), device="cpu", dtype="fp32")
     assert p.vocabulary is not None and "cube" in p.vocabulary
     (msg,) = _warnings(p, "a cube made of qwzx")
-    assert "unknown: qwzx)" in msg and "this model" in msg
+    assert "unknown: qwzx)" in msg and "this model does not know" in msg

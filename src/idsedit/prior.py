@@ -210,9 +210,9 @@ class Prior:
         unknown = self.unknown_words(prompt)
         if unknown:
             model = "the bundled mini prior" if self.is_bundled else "this model"
-            warnings.warn(f"the {what} {prompt!r} has words outside the closed vocabulary of {model} (unknown: "
-                          f"{', '.join(unknown)}): they reach it only as letters; for real images pass --model with "
-                          "a Stable Diffusion folder or hub id", stacklevel=2)
+            warnings.warn(f"the {what} {prompt!r} has words that {model} does not know (unknown: {', '.join(unknown)}): "
+                          "it was trained on a closed vocabulary; for real images pass --model with a Stable "
+                          "Diffusion folder or hub id", stacklevel=2)
         return prompt
 
     def unknown_words(self, prompt: str) -> list[str]:
