@@ -18,7 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", default="cube", help="shape of the main object (default: cube)")
     p.add_argument("--color", default="red", help="its colour in the source scene (default: red)")
     p.add_argument("--target-color", default="blue", help="the colour the edit asks for (default: blue)")
-    p.add_argument("--methods", default="dds,ids", help="comma-separated methods to compare (default: dds,ids)")
+    p.add_argument("--methods", default="dds,ids",
+                   help="comma-separated method variants to compare (any name of idsedit.variants, e.g. ids-jf, "
+                        "ids+cut; default: dds,ids)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per edit (default: 200)")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the random scene layout (default: 0)")
     p.add_argument("--lr", type=float, default=None,
@@ -48,17 +50,16 @@ def demo_case(shape: str, color: str, target_color: str, scene_seed: int):
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    from .edit2d import EditConfig
     from .evaluate import figure_grid, format_table, render_image, run_cases, summarize
-    from .images import save_image_atomic, save_json_atomic
+    from .images import json_text, replace_together, temp_near, write_image, write_text
     from .prior import load_prior
+    from .variants import canonical_variant, variant_config
 
     t0 = time.perf_counter()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(canonical_variant(m) for m in args.methods.split(",") if m.strip()))
+    configs = {m: variant_config(m, steps=args.steps, seed=args.seed, lr=args.lr) for m in methods}  # checked
     case = demo_case(args.shape, args.color, args.target_color, args.scene_seed)
     prior = load_prior(args.model)
-    lr = args.lr
-    configs = {m: EditConfig(method=m, steps=args.steps, seed=args.seed, lr=lr) for m in methods}
     if not args.quiet:
         print(f"model: {prior.name}\nedit: \"{case.source_prompt}\" -> \"{case.target_prompt}\", "
               f"{args.steps} steps, methods: {', '.join(methods)}")
@@ -76,11 +77,18 @@ def cli_main(args: argparse.Namespace) -> int:
     grid = figure_grid([images + [edited[m] for m in methods]],
                        ["source", "ground truth"] + [m.upper() for m in methods])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_image_atomic(grid, out / "demo.png")
-    save_json_atomic({"case": {"source": case.source_params.to_dict(), "target": case.target_params.to_dict(),
-                               "source_prompt": case.source_prompt, "target_prompt": case.target_prompt},
-                      "model": prior.name, "rows": rows}, out / "demo.json")
+    record = {"case": {"source": case.source_params.to_dict(), "target": case.target_params.to_dict(),
+                       "source_prompt": case.source_prompt, "target_prompt": case.target_prompt},
+              "model": prior.name, "rows": rows}
+    png, js = temp_near(out / "demo.png"), temp_near(out / "demo.json")
+    try:
+        write_image(grid, png, "PNG")
+        write_text(json_text(record), js)
+    except BaseException:
+        png.unlink(missing_ok=True)
+        js.unlink(missing_ok=True)
+        raise
+    replace_together([(png, out / "demo.png"), (js, out / "demo.json")])   # both or neither
     print(format_table(summarize(rows)))
     print(f"wrote {out / 'demo.png'} and {out / 'demo.json'} in {time.perf_counter() - t0:.0f} s")
     return 0
