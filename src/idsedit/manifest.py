@@ -6,7 +6,7 @@ A manifest is a CSV file with a header row, or a JSONL file with one JSON object
     source   prompt describing the input                                                  required
     target   prompt describing the wanted result                                          required
     mask     path to an edit mask (white = editable), relative like ``image``              optional
-    method   distillation method for this row (sds, dds, cds, pds, ids)                  optional
+    method   method variant for this row (a name of idsedit.variants: ids, ids-jf, ...)   optional
 
 Every row is checked before any edit runs; all problems are reported at once, each with its line number.
 """
@@ -56,7 +56,8 @@ def is_manifest(path: str | os.PathLike) -> bool:
 def read_manifest(path: str | os.PathLike, methods: Iterable[str] | None = None) -> list[EditJob]:
     """Parse and validate a manifest; raise IdseditError listing every bad row (with line numbers).
 
-    ``methods``: the valid method names; when given, a row's ``method`` must be one of them.
+    ``methods``: the valid method names (``idsedit edit`` passes every variant name and alias); when given, a row's
+    ``method`` must be one of them (compared lower-case).
     """
     path = Path(path)
     suffix = path.suffix.lower()
