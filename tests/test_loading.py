@@ -36,10 +36,11 @@ def _same(module, st_path):
 
 # ------------------------------------------------------------------------------------------- --allow-pickle
 def test_allow_pickle_accepts_pickle_only_where_nothing_else_exists(tmp_path):
-    """unet: pickle only; vae and text encoder: safetensors only. --allow-pickle must load all three."""
+    """unet and text encoder: pickle only; vae: safetensors only. --allow-pickle must load all three."""
     folder = tmp_path / "mixed"
     shutil.copytree(TINY_MODEL, folder)
     _to_pickle(folder, UNET_ST, "unet/diffusion_pytorch_model.bin")
+    _to_pickle(folder, TE_ST, "text_encoder/pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="only pickle weights"):
         P.load_prior(str(folder), device="cpu", dtype="fp32")
     prior = P.load_prior(str(folder), device="cpu", dtype="fp32", allow_pickle=True)
