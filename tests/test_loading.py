@@ -169,3 +169,33 @@ def test_a_bug_inside_prior_construction_keeps_its_own_exception(monkeypatch, ba
     with pytest.raises(OurBug) as e:
         P.load_prior(str(TINY_MODEL), device="cpu", dtype="fp32")
     assert not isinstance(e.value, ModelLoadError)
+
+
+def test_quiet_libraries_nests_and_overlaps_across_threads(unusual_library_state):
+    """Overlapping blocks (A enters, B enters, A leaves, B leaves) restore the state from before A."""
+    import threading
+
+    before = _library_state()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside_b = []
+
+    def a():
+        with P.quiet_libraries():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with P.quiet_libraries():
+            b_in.set()
+            a_out.wait(10)
+            inside_b.append(_library_state()["transformers"][0])
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert inside_b == [40]   # still quiet (logging.ERROR) while B is inside, after A left
+    assert _library_state() == before

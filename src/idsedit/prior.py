@@ -474,15 +474,34 @@ def load_prior(model: str | os.PathLike | None = None, *, device: str | None = N
         return Prior(pipe, device=dev, dtype=dt, name=model)
 
 
+_quiet_lock = threading.Lock()
+_quiet_state: dict = {"depth": 0, "saved": []}   # nesting depth of quiet_libraries() and what the outermost saved
+
+
 @contextmanager
 def quiet_libraries():
     """diffusers and transformers log only errors and draw no model-loading bars inside the block; every global
-    state changed here is restored exactly on exit. huggingface_hub's download progress bars are left alone, so
-    a first download shows its progress.
+    state changed here is restored exactly when the outermost block exits (blocks may nest and overlap across
+    threads). huggingface_hub's download progress bars are left alone, so a first download shows its progress.
 
     (transformers' own ``disable_progress_bar()`` would also switch off huggingface_hub's bars for the whole
     process, so its module flag is set directly instead.)
     """
+    with _quiet_lock:
+        if _quiet_state["depth"] == 0:
+            _quiet_state["saved"] = _silence_libraries()
+        _quiet_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_state["depth"] -= 1
+            if _quiet_state["depth"] == 0:
+                _restore_libraries(_quiet_state["saved"])
+
+
+def _silence_libraries() -> list:
+    """Set diffusers/transformers to errors only, no loading bars; return what to restore."""
     from diffusers.utils import logging as dlogging
 
     saved = [(dlogging, dlogging.get_verbosity(), dlogging.is_progress_bar_enabled())]
@@ -491,21 +510,21 @@ def quiet_libraries():
     try:
         from transformers.utils import logging as tlogging
     except ImportError:
-        tlogging = None
-    if tlogging is not None:
-        saved.append((tlogging, tlogging.get_verbosity(), getattr(tlogging, "_tqdm_active", None)))
-        tlogging.set_verbosity_error()
-        if hasattr(tlogging, "_tqdm_active"):
-            tlogging._tqdm_active = False   # transformers' "Loading weights" bar only
-    try:
-        yield
-    finally:
-        for module, verbosity, bar in saved:
-            module.set_verbosity(verbosity)
-            if module is dlogging:
-                (dlogging.enable_progress_bar if bar else dlogging.disable_progress_bar)()
-            elif bar is not None:
-                module._tqdm_active = bar
+        return saved
+    saved.append((tlogging, tlogging.get_verbosity(), getattr(tlogging, "_tqdm_active", None)))
+    tlogging.set_verbosity_error()
+    if hasattr(tlogging, "_tqdm_active"):
+        tlogging._tqdm_active = False   # transformers' "Loading weights" bar only, not huggingface_hub's
+    return saved
+
+
+def _restore_libraries(saved: list) -> None:
+    for module, verbosity, bar in saved:
+        module.set_verbosity(verbosity)
+        if module.__name__.startswith("diffusers"):
+            (module.enable_progress_bar if bar else module.disable_progress_bar)()
+        elif bar is not None:
+            module._tqdm_active = bar
 
 
 def _first_sentence(e: BaseException, limit: int = 240) -> str:
