@@ -15,7 +15,7 @@ S=train-state-v2
 PY=${PY:-.venv/bin/python}
 VAE_STEPS=${VAE_STEPS:-4000}
 if [ "$1" = "--background" ]; then
-  setsid nohup sh "$S/run.sh" >> "$S/train.log" 2>&1 < /dev/null &
+  IDSEDIT_TRAIN_BG=1 setsid nohup sh "$S/run.sh" >> "$S/train.log" 2>&1 < /dev/null &
   echo "started in the background; log: $S/train.log"
   exit 0
 fi
@@ -25,6 +25,11 @@ if ! flock -n 9; then
   exit 1
 fi
 rm -f "$S/STOP"
+# The training is meant to have one of the two cores to itself: a higher priority than the interactive work
+# (root only; harmless elsewhere; NICE=0 to disable). With the kernel's autogroups (one per session), the nice
+# value that counts between sessions is the autogroup's: set it for the detached session only.
+renice -n "${NICE:--5}" -p $$ >/dev/null 2>&1 || true
+if [ -n "$IDSEDIT_TRAIN_BG" ] && [ -w /proc/$$/autogroup ]; then echo "${NICE:--5}" > /proc/$$/autogroup 2>/dev/null || true; fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 echo "$(date -u '+%F %T') run.sh start (pid $$)"
 RECIPE="--world multiview --default-share 0.25 --scenes 40000 --val-scenes 256 --captions-per-scene 8 \
