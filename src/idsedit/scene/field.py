@@ -192,9 +192,11 @@ class TensoRF(nn.Module):
         so the field's values are unchanged up to interpolation); the optimiser must be rebuilt afterwards."""
         res = [int(v) for v in resolution]
         for planes, lines in ((self.density_planes, self.density_lines), (self.app_planes, self.app_lines)):
-            for (a, b), c, plane, line in zip(MAT_MODES, VEC_MODES, planes, lines):
-                plane.data = F.interpolate(plane.data, size=(res[b], res[a]), mode="bilinear", align_corners=True)
-                line.data = F.interpolate(line.data, size=(res[c], 1), mode="bilinear", align_corners=True)
+            for m, ((a, b), c) in enumerate(zip(MAT_MODES, VEC_MODES)):
+                planes[m] = nn.Parameter(F.interpolate(planes[m].data, size=(res[b], res[a]), mode="bilinear",
+                                                       align_corners=True))
+                lines[m] = nn.Parameter(F.interpolate(lines[m].data, size=(res[c], 1), mode="bilinear",
+                                                      align_corners=True))
         self.config.resolution = res
 
     # ------------------------------------------------------------------------------------------- occupancy

@@ -125,8 +125,9 @@ def resolve_background(spec: str, views: Views) -> str:
 def resolution_schedule(cfg: FitConfig, bbox) -> list[list[int]]:
     """Grid resolution of each stage: cell counts log-spaced from n_voxels_init to n_voxels."""
     n = len(cfg.upsample_at)
+    init = min(cfg.n_voxels_init, cfg.n_voxels)
     counts = [cfg.n_voxels] if n == 0 else \
-        [round(math.exp(math.log(cfg.n_voxels_init) + (math.log(cfg.n_voxels) - math.log(cfg.n_voxels_init)) * k / n))
+        [round(math.exp(math.log(init) + (math.log(cfg.n_voxels) - math.log(init)) * k / n))
          for k in range(n + 1)]
     return [FieldConfig.for_box(bbox, c).resolution for c in counts]
 
