@@ -142,5 +142,110 @@ def paired_bootstrap_ci(a, b, **kwargs) -> tuple[float, float, float]:
     return bootstrap_ci(d[~np.isnan(d)], **kwargs)
 
 
+# --------------------------------------------------------------------------------------------- learned metrics
+# LPIPS and CLIP score need weights that idsedit cannot download; they run when the weights are on disk and are
+# skipped with a one-line reason otherwise. torch and transformers are imported only here, on use.
+LPIPS_CHANNELS = (64, 192, 384, 256, 256)   # AlexNet's five ReLU outputs (LPIPS's taps)
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)      # LPIPS ScalingLayer: x' = (x - shift) / scale, x in [-1, 1]
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+def lpips_net():
+    """An LPIPS (Zhang et al. 2018, "lin" variant) network with the AlexNet trunk, random weights.
+
+    Weights are a safetensors file with torchvision's ``alexnet.features`` keys (features.0/3/6/8/10.weight and
+    .bias) and LPIPS's linear heads as ``lins.<k>.weight`` of shape (1, C_k, 1, 1) (LPIPS's ``lin<k>.model.1``);
+    see docs/eval.md for converting the published weights.
+    """
+    import torch
+    from torch import nn
+
+    class LPIPS(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
+                nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1),
+                nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU())
+            self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS)
+            self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
+            self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
+            self.taps = (1, 4, 7, 9, 11)  # indices of the ReLUs whose outputs are compared
+
+        def feats(self, x):
+            h, out = (x * 2 - 1 - self.shift) / self.scale, []
+            for i, layer in enumerate(self.features):
+                h = layer(h)
+                if i in self.taps:
+                    out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))   # unit length over channels
+            return out
+
+        @torch.no_grad()
+        def forward(self, x, y):
+            """x, y: (N, 3, H, W) in [0, 1] -> (N,) distances: sum_k mean_hw lin_k((f_k(x) - f_k(y))^2)."""
+            return sum(lin((a - b) ** 2).mean((1, 2, 3)) for lin, a, b in zip(self.lins, self.feats(x), self.feats(y)))
+
+    return LPIPS().eval()
+
+
+def load_lpips(path):
+    """The LPIPS network with weights from ``path`` (safetensors), or (None, reason) when it cannot be used."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return None, f"LPIPS skipped: no weights at {path} (see docs/eval.md)"
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    net = lpips_net()
+    try:
+        state = load_file(str(path))
+        missing = [k for k in net.state_dict() if k not in state and k not in ("shift", "scale")]
+        if missing:
+            return None, f"LPIPS skipped: {path} lacks {missing[0]} (and {len(missing) - 1} more)"
+        net.load_state_dict(state, strict=False)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        return None, f"LPIPS skipped: {path} is not an LPIPS safetensors file ({' '.join(str(e).split())[:100]})"
+    return net, None
+
+
+def lpips_distance(net, a, b) -> float:
+    """LPIPS between two (H, W, 3) images in [0, 1] (lower = more alike; 0 for identical images)."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(a, np.float32)).permute(2, 0, 1)[None]
+    y = torch.as_tensor(np.asarray(b, np.float32)).permute(2, 0, 1)[None]
+    return float(net(x, y)[0])
+
+
+def load_clip(name_or_path):
+    """(model, tokenizer, image processor) of a CLIP model that is on disk (a folder, or a hub id already in the
+    local cache), or (None, reason)."""
+    try:
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        kw = {"local_files_only": True}
+        return (CLIPModel.from_pretrained(name_or_path, **kw).eval(), CLIPTokenizer.from_pretrained(name_or_path, **kw),
+                CLIPImageProcessor.from_pretrained(name_or_path, **kw)), None
+    except (OSError, ValueError, ImportError) as e:
+        return None, f"CLIP score skipped: {name_or_path} is not available locally ({' '.join(str(e).split())[:120]})"
+
+
+def clip_score(clip, image, text: str) -> float:
+    """CLIP score (Hessel et al. 2021, torchmetrics' definition): 100 * max(cos(E_image(x), E_text(t)), 0)."""
+    import torch
+
+    model, tokenizer, processor = clip
+    with torch.no_grad():
+        pix = processor(images=image, return_tensors="pt")["pixel_values"]
+        ids = tokenizer([text], padding=True, return_tensors="pt")
+        img = model.get_image_features(pixel_values=pix)
+        txt = model.get_text_features(input_ids=ids["input_ids"], attention_mask=ids.get("attention_mask"))
+        img, txt = (getattr(v, "pooler_output", v) for v in (img, txt))
+        cos = torch.nn.functional.cosine_similarity(img, txt).item()
+    return 100.0 * max(cos, 0.0)
+
+
 __all__ = ["psnr", "ssim", "ssim_map", "gaussian_window", "capped_psnr", "latent_psnr", "bootstrap_ci",
-           "paired_bootstrap_ci", "PSNR_CAP"]
+           "paired_bootstrap_ci", "PSNR_CAP", "lpips_net", "load_lpips", "lpips_distance", "load_clip", "clip_score"]

@@ -80,12 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
 
 
-def resolve(args) -> dict:
-    """The preset's values with the command line's overrides: {families, per_family, methods, steps, ...}."""
+def resolve(args, preset_ablations: bool = True) -> dict:
+    """The preset's values with the command line's overrides: {families, per_family, methods, steps, ...}.
+    ``preset_ablations=False`` keeps only the ablations the command line asks for (``--pairs``)."""
     pre = PRESETS[args.preset]
     first = lambda v, d: v[0] if v else d  # noqa: E731
     rest = lambda v: v[1:] if v else []     # noqa: E731
-    ablations = dict(pre.ablations)
+    ablations = dict(pre.ablations) if preset_ablations else {}
     for key, values in (("fpr_iters", args.fpr_iters), ("fpr_lambda", args.fpr_lambda), ("steps", args.steps),
                         ("guidance", args.guidance)):
         if values is not None:

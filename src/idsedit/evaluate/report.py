@@ -28,6 +28,11 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "ssim_target": ("SSIM to truth", "ssim", True),
     "invert_psnr": ("A->B->A PSNR (dB)", "db", True),
     "invert_latent_psnr": ("A->B->A latent PSNR (dB)", "db", True),
+    "psnr_source": ("PSNR to input (dB)", "db", True),            # --pairs (outside the mask if one is given)
+    "ssim_source": ("SSIM to input", "ssim", True),
+    "lpips_source": ("LPIPS to input", "ssim", False),
+    "clip_target": ("CLIP score to target", "db", True),
+    "clip_gain": ("CLIP gain over input", "db", True),
     "seconds": ("s / edit", "sec", False),
     "fe": ("UNet fwd-eq / edit", "int", False),
     "peak_mem_mib": ("peak MiB", "int", False),
@@ -35,7 +40,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 COST_METRICS = ("seconds", "fe", "peak_mem_mib")
 TIMING_METRICS = ("seconds", "peak_mem_mib")  # vary between runs of the same edits (not part of "the same table")
 PAIRED_METRICS = ("target_reached", "identity_kept", "kept_fraction", "psnr_outside", "psnr_target", "invert_psnr",
-                  "invert_latent_psnr")
+                  "invert_latent_psnr", "psnr_source", "lpips_source", "clip_target")
 ATTRS = ("color", "shape", "size", "position", "floor", "background")
 
 
@@ -167,16 +172,18 @@ def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: st
             n = next(iter(d.values()))["n"] if d else 0
             lines.append(f"| {label} | {n} | " + " | ".join(_diff_cell(d.get(k), METRICS[k][1]) for k in dcols) + " |")
     fams = list(dict.fromkeys(f for fam in families.values() for f in fam))
-    lines += ["", "## Per edit family: target reached / identity kept", "",
-              "| run | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
-    for label, fam in families.items():
+    if fams:
+        lines += ["", "## Per edit family: target reached / identity kept", "",
+                  "| run | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+    for label, fam in (families.items() if fams else ()):
         lines.append(f"| {label} | " + " | ".join(
             f"{100 * fam[f]['target_reached']:.0f}% / {100 * fam[f]['identity_kept']:.0f}%" if f in fam else "-"
             for f in fams) + " |")
     attrs = [a for a in ATTRS if any(f"kept_{a}" in s for s in summary.values())]
-    lines += ["", "## Unchanged attributes kept", "", "| run | " + " | ".join(attrs) + " |",
-              "|---|" + "---|" * len(attrs)]
-    for label, s in summary.items():
+    if attrs:
+        lines += ["", "## Unchanged attributes kept", "", "| run | " + " | ".join(attrs) + " |",
+                  "|---|" + "---|" * len(attrs)]
+    for label, s in (summary.items() if attrs else ()):
         lines.append(f"| {label} | " + " | ".join(_cell(s.get(f"kept_{a}"), "pct", False) for a in attrs) + " |")
     lines += ["", f"## Cases ({len(cases)})", "", "| case | seed | source prompt | target prompt |", "|---|---|---|---|"]
     lines += [f"| {c['name']} | {c['seed']} | {c['source_prompt']} | {c['target_prompt']} |" for c in cases]
@@ -186,6 +193,7 @@ def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: st
 CSV_FIELDS = ("case", "family", "label", "variant", "base", "seed", "steps", "source_prompt", "target_prompt",
               "target_reached", "identity_kept", "kept_fraction", "psnr_outside", "ssim_outside", "psnr_target",
               "ssim_target", "vae_psnr_outside", "invert_psnr", "invert_psnr_outside", "invert_latent_psnr",
+              "psnr_source", "ssim_source", "lpips_source", "clip_target", "clip_gain",
               "seconds", "invert_seconds", "fe", "peak_mem_mib", "mem_kind", "image")
 
 

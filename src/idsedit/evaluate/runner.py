@@ -215,17 +215,19 @@ def _finite(x: float) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------------- one edit
-def outside_mask(case: ShapesEditCase, size: int) -> np.ndarray:
-    """(size, size) bool: pixels outside the main object in the source and in the ground truth, dilated by one
-    pixel (the region :func:`idsedit.mini.evaluator.score_edit` scores as 'outside the object')."""
+def object_masks(case: ShapesEditCase, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source coverage > 0, outside): the main object's pixels in the source render, and the pixels outside the
+    object in the source and in the ground truth, dilated by one pixel (the region
+    :func:`idsedit.mini.evaluator.score_edit` scores as 'outside the object')."""
     from ..shapes import render
 
-    m = (render(case.source_params, size).coverage > 0) | (render(case.target_params, size).coverage > 0)
+    src = render(case.source_params, size).coverage > 0
+    m = src | (render(case.target_params, size).coverage > 0)
     grown = m.copy()
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             grown |= np.roll(np.roll(m, dy, 0), dx, 1)
-    return ~grown
+    return src, ~grown
 
 
 @dataclass
@@ -238,6 +240,7 @@ class CaseContext:
     z_src: torch.Tensor
     cond_src: object
     cond_trg: object
+    source_mask: np.ndarray  # the main object's pixels in the source render
     outside: np.ndarray
     vae_psnr_outside: float  # decode(encode(source)) vs source outside the object: the VAE's ceiling
 
@@ -249,10 +252,10 @@ class CaseContext:
         src = render_image(case.source_params, size)
         arr = np.asarray(src, np.float32) / 255.0
         z = prior.encode(image_to_tensor(src))
-        outside = outside_mask(case, size)
+        source_mask, outside = object_masks(case, size)
         rec = _decode_arr(prior, z)
         return cls(case, src, arr, z, prior.encode_text(case.source_prompt, negative_prompt),
-                   prior.encode_text(case.target_prompt, negative_prompt), outside,
+                   prior.encode_text(case.target_prompt, negative_prompt), source_mask, outside,
                    capped_psnr(psnr(rec, arr, mask=outside)))
 
 
@@ -297,7 +300,7 @@ def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, tr
         seconds = time.perf_counter() - t0
     edited = Image.fromarray((edited_arr * 255).round().astype(np.uint8))
     score = score_edit(ctx.source_arr, edited_arr, source_params=case.source_params,
-                       target_params=case.target_params, evaluator=evaluator)
+                       target_params=case.target_params, source_mask=ctx.source_mask, evaluator=evaluator)
     row = {
         "case": case.name, "family": case.attribute, "label": run.label, "variant": run.variant,
         "base": run.base or run.label, "ablation": list(run.ablation) if run.ablation else None, "seed": case.seed,

@@ -1,0 +1,256 @@
+"""idsedit eval: cases with ground truth, paired draws, cost counting, runs, crash-safe rows, resume, end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from idsedit.errors import IdseditError
+
+EXPECTED_CHANGE = {"colour": {"color"}, "shape": {"shape"}, "size": {"size"}, "floor": {"floor"},
+                   "background": {"background"}, "colour+shape": {"color", "shape"}}
+
+
+def test_cases_change_exactly_their_family_and_prompts_name_it():
+    from idsedit.evaluate.cases import FAMILIES, make_cases
+    from idsedit.mini.evaluator import changed_attributes
+    from idsedit.shapes import attributes, parse_caption
+
+    cases = make_cases(FAMILIES, 4, seed=3)
+    assert len(cases) == 24 and len({c.name for c in cases}) == 24 and len({c.seed for c in cases}) == 24
+    assert [c.attribute for c in cases[:6]] == list(FAMILIES)          # interleaved: a partial run covers all
+    for c in cases:
+        assert set(changed_attributes(c.source_params, c.target_params)) == EXPECTED_CHANGE[c.attribute], c.name
+        src, trg = parse_caption(c.source_prompt), parse_caption(c.target_prompt)
+        assert src == {k: v for k, v in attributes(c.source_params).items() if k in src}
+        assert trg == {k: v for k, v in attributes(c.target_params).items() if k in trg}
+        named = {"color" if k == "color" else k for k in src}
+        assert EXPECTED_CHANGE[c.attribute] <= named                       # the prompt names what changes
+        assert c.target_params.floor_color != c.target_params.main.color
+        assert c.target_params.background != c.target_params.floor_color
+    again = make_cases(FAMILIES, 4, seed=3)
+    assert [(c.name, c.seed, c.source_prompt, c.target_prompt) for c in again] == \
+           [(c.name, c.seed, c.source_prompt, c.target_prompt) for c in cases]
+    with pytest.raises(IdseditError, match="unknown edit family"):
+        make_cases(["texture"], 1)
+
+
+def _draws(prior, method_variant, seed, steps=3, sampler_cls=None):
+    from idsedit.edit2d import edit_latents, image_to_tensor
+    from idsedit.evaluate.cases import make_case, render_image
+    from idsedit.evaluate.runner import PairedSampler
+    from idsedit.variants import variant_config
+
+    case = make_case("colour", 0, 0)
+    z = prior.encode(image_to_tensor(render_image(case.source_params, prior.resolution)))
+    cfg = variant_config(method_variant, steps=steps, seed=seed)
+    sampler = (sampler_cls or PairedSampler)(seed)
+    seen = []
+    edit_latents(prior, z, prior.encode_text(case.source_prompt), prior.encode_text(case.target_prompt), cfg,
+                 sampler=sampler, callback=lambda i, zt, draw, out: seen.append((int(draw.t), draw.noise.clone())))
+    return seen
+
+
+def test_pairing_gives_every_method_the_same_t_and_noise(tiny_prior):
+    from idsedit.rng import Sampler
+
+    ref = _draws(tiny_prior, "dds", 11)
+    for v in ("sds", "cds", "pds", "ids", "ids+cut"):        # CDS and PDS draw extra numbers every step
+        other = _draws(tiny_prior, v, 11)
+        assert [t for t, _ in other] == [t for t, _ in ref], v
+        for (_, a), (_, b) in zip(other, ref):
+            assert torch.equal(a, b), v
+    # with one shared stream (the loop's default sampler) CDS's patch draws would shift DDS's later draws
+    plain_dds = _draws(tiny_prior, "dds", 11, sampler_cls=Sampler.seeded)
+    plain_cds = _draws(tiny_prior, "cds", 11, sampler_cls=Sampler.seeded)
+    assert not all(torch.equal(a, b) for (_, a), (_, b) in zip(plain_dds, plain_cds))
+
+
+def test_authors_timestep_grid():
+    from idsedit.evaluate.methods import make_run
+    from idsedit.evaluate.runner import PairedSampler
+    from idsedit.edit2d import EditConfig
+
+    run = make_run("pds@authors", EditConfig())
+    assert run.config.method == "pds" and run.config.distill.guidance == 100.0 and run.t_grid == (2, 1, 10, 490)
+    s = PairedSampler(0, run.t_grid)
+    ts = [int(s.randint(run.config.t_min, run.config.t_max)) for _ in range(4000)]
+    s.randn_like(torch.zeros(1))  # keeps the step stream's order: t, then eps
+    assert min(ts) == 21 and max(ts) == 979 and all(t % 2 == 1 for t in ts)   # 2 k + 1, k in [10, 490)
+
+
+def test_unet_forward_equivalents(tiny_prior):
+    """FE = samples + 2 x backward samples, per step: DDS 4, CDS 5 + 2 x 1, IDS exact 10 + 2 x 6, IDS-JF 10."""
+    from idsedit.edit2d import image_to_tensor, edit_latents
+    from idsedit.evaluate.cases import make_case, render_image
+    from idsedit.evaluate.runner import PairedSampler, count_unet
+    from idsedit.variants import variant_config
+
+    case = make_case("colour", 0, 0)
+    z = tiny_prior.encode(image_to_tensor(render_image(case.source_params, tiny_prior.resolution)))
+    cs, ct = tiny_prior.encode_text(case.source_prompt), tiny_prior.encode_text(case.target_prompt)
+    expected = {"sds": (2, 0), "dds": (4, 0), "cds": (5, 1), "ids": (10, 6), "ids-jf": (10, 0), "ids+cut": (11, 7)}
+    for v, (samples, back) in expected.items():
+        with count_unet(tiny_prior.unet) as cost:
+            edit_latents(tiny_prior, z, cs, ct, variant_config(v, steps=2), sampler=PairedSampler(0))
+        assert (cost.samples, cost.backward_samples) == (2 * samples, 2 * back), v
+        assert cost.forward_equivalents == 2 * (samples + 2 * back)
+    assert not tiny_prior.unet._forward_pre_hooks                            # the hook is removed
+
+
+def test_runs_authors_settings_and_ablations():
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate.methods import ALL_METHODS, build_runs, parse_methods
+    from idsedit.variants import VARIANTS
+
+    assert parse_methods("all") == list(VARIANTS) + ["pds@authors", "sds@authors"] == list(ALL_METHODS)
+    runs = build_runs(["dds", "IDS-JF", "sds@authors"], EditConfig(steps=200),
+                      {"fpr_iters": [3, 0, 5], "steps": [100], "guidance": [7.5, 15]}, ["dds", "ids-jf"])
+    labels = [r.label for r in runs]
+    assert labels == ["dds", "ids-jf", "sds@authors", "dds[steps=100]", "dds[w=15]", "ids-jf[N=0]", "ids-jf[N=5]",
+                      "ids-jf[steps=100]", "ids-jf[w=15]"]  # N=3 and w=7.5 equal the base, N on DDS: skipped
+    r = {x.label: x for x in runs}
+    assert r["ids-jf[N=0]"].config.distill.fpr_mode == "jacobian-free" and r["ids-jf[N=0]"].config.distill.fpr_iters == 0
+    assert r["dds[steps=100]"].config.steps == 100 and r["dds[steps=100]"].base == "dds"
+    assert r["sds@authors"].config.distill.guidance == 100.0 and r["sds@authors"].config.t_min == 20
+    prod = build_runs(["ids"], EditConfig(), {"steps": [50], "fpr_iters": [1]}, product=True)
+    assert [x.label for x in prod] == ["ids", "ids[N=1]", "ids[steps=50]", "ids[steps=50,N=1]"]
+    with pytest.raises(IdseditError, match="no authors' settings"):
+        build_runs(["dds@authors"], EditConfig())
+
+
+def test_rows_file_is_crash_safe(tmp_path):
+    from idsedit.evaluate.runner import append_row, read_rows
+
+    p = tmp_path / "rows.jsonl"
+    append_row(p, {"case": "a", "v": 1})
+    append_row(p, {"case": "b", "v": 2.5})
+    with open(p, "a") as f:
+        f.write('{"case": "c", "v"')                        # a write cut short by a crash
+    assert [r["case"] for r in read_rows(p)] == ["a", "b"]
+    assert p.read_text().endswith("2.5}\n")                 # the torn tail is cut off ...
+    append_row(p, {"case": "c", "v": 3})
+    assert [r["case"] for r in read_rows(p)] == ["a", "b", "c"]  # ... so appending continues cleanly
+    p.write_text('{"case": "a"}\nnot json\n{"case": "b"}\n')
+    with pytest.raises(IdseditError, match="line 2 is not valid JSON"):
+        read_rows(p)
+
+
+QUALITY = ("target_reached", "identity_kept", "kept_fraction", "psnr_outside", "psnr_target", "invert_psnr",
+           "invert_latent_psnr", "fe")
+
+
+def _small_eval(prior, out, on_row=None):
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate import build_runs, make_cases, run_evaluation
+
+    cases = make_cases(["colour", "shape"], 2, seed=1)
+    runs = build_runs(["dds", "ids", "pds@authors"], EditConfig(steps=2))
+    return run_evaluation(prior, cases, runs, out, progress=False, on_row=on_row, trace_every=1)
+
+
+def test_resume_after_interruption_gives_the_same_table(tiny_prior, tmp_path):
+    from idsedit.evaluate.report import summarize
+
+    full = _small_eval(tiny_prior, tmp_path / "full")
+    assert len(full) == 12 and all(r["fe"] > 0 for r in full)
+
+    done = []
+
+    def interrupt(row):
+        done.append(row["key"])
+        if len(done) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _small_eval(tiny_prior, tmp_path / "resumed", on_row=interrupt)
+    assert len((tmp_path / "resumed" / "rows.jsonl").read_text().splitlines()) == 5
+    redone = []
+    resumed = _small_eval(tiny_prior, tmp_path / "resumed", on_row=lambda r: redone.append(r["key"]))
+    assert len(redone) == 7 and not set(redone) & set(done)           # finished edits are skipped
+    assert [r["key"] for r in resumed] == [r["key"] for r in full]
+    for a, b in zip(full, resumed):
+        for k in QUALITY:
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (a["key"], k)
+    sa, sb = summarize(full, n_boot=100), summarize(resumed, n_boot=100)
+    for label in sa:
+        for k in QUALITY:
+            assert sa[label][k] == pytest.approx(sb[label][k], rel=1e-6, abs=1e-9)
+
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate import build_runs, make_cases, run_evaluation
+
+    with pytest.raises(IdseditError, match="other settings"):      # a different run into the same folder
+        run_evaluation(tiny_prior, make_cases(["colour"], 1, seed=1), build_runs(["dds"], EditConfig(steps=3)),
+                       tmp_path / "resumed", progress=False)
+
+
+def _eval_args(*argv):
+    from idsedit import evaluate
+
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+OUTPUTS = ("rows.jsonl", "rows.csv", "summary.md", "summary.json", "grid.png", "metrics.png", "drift.png",
+           "residual_vs_t.png", "ablations.png", "frontier.png", "run.json")
+
+
+def test_quick_preset_end_to_end_writes_every_output(tmp_path, capsys):
+    """The quick preset on the tiny model (every method, 6 cases, 2 steps, A->B->A, ablations): ~20 s on a busy
+    2-core CPU because it is the whole command once."""
+    from idsedit import evaluate
+    from idsedit.evaluate.methods import ALL_METHODS
+
+    out = tmp_path / "q"
+    assert evaluate.cli_main(_eval_args("--model", str(TINY_MODEL), "--device", "cpu", "--dtype", "fp32",
+                                        "--out", str(out), "--quiet")) == 0
+    for name in OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    labels = list(summary["summary"])
+    assert labels[:len(ALL_METHODS)] == list(ALL_METHODS) and "ids[N=1]" in labels and "dds[steps=1]" in labels
+    assert len(rows) == 6 * len(labels) and all(summary["summary"][lab]["n"] == 6 for lab in labels)
+    ids = summary["summary"]["ids"]
+    assert ids["fe"]["mean"] == 2 * 22 and summary["summary"]["dds"]["fe"]["mean"] == 2 * 4
+    vals = [r["psnr_outside"] for r in rows if r["label"] == "ids"]
+    assert ids["psnr_outside"]["mean"] == pytest.approx(np.mean(vals))
+    assert ids["psnr_outside"]["lo"] <= ids["psnr_outside"]["mean"] <= ids["psnr_outside"]["hi"]
+    assert "ids" in summary["paired_differences"] and summary["baseline"] == "dds"
+    md = (out / "summary.md").read_text()
+    assert "| ids |" in md and "Paired differences" in md and "colour+shape-0-000" in md
+    csv_lines = (out / "rows.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1 and csv_lines[0].startswith("case,family,label")
+    from PIL import Image
+
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (112 + (2 + len(ALL_METHODS)) * 128, 14 + 6 * 128)
+    assert "wrote" in capsys.readouterr().out
+    # rerun: everything is already there, nothing is edited again, same numbers
+    before = (out / "rows.jsonl").read_text()
+    assert evaluate.cli_main(_eval_args("--model", str(TINY_MODEL), "--out", str(out), "--quiet")) == 0
+    assert (out / "rows.jsonl").read_text() == before
+
+
+def test_eval_cli_errors_are_one_line(tmp_path, capsys):
+    from idsedit import cli
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    for argv, message in ((["--model", str(TINY_MODEL), "--out", str(f)], "is a file"),
+                          (["--families", "texture"], "unknown edit family 'texture'"),
+                          (["--methods", "dds@authors"], "no authors' settings"),
+                          (["--n", "0"], "--n must be >= 1")):
+        capsys.readouterr()
+        full = argv if "--out" in argv else argv + ["--out", str(tmp_path / "o")]
+        assert cli.main(["eval", *full, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert f.read_text() == "x" and not (tmp_path / "o").exists()
