@@ -161,3 +161,19 @@ def test_recaption_replays_the_scene_draws(tmp_path):
     assert fixed.caption_version == 2 and (fixed.captions == cache.captions).all()
     with pytest.raises(IdseditError, match="does not match the scene sampler"):
         recaption(stale, w, seed=4, n_captions=2, chunk=4)
+
+
+def test_fp16_export_loads_as_fp32(trained, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "mini-sd"
+    train_mini("export", cfg_v2(trained, 4), out=out, log=quiet, export_fp16=True)
+    files = sorted(out.glob("*/*.safetensors"))
+    assert len(files) == 3 and all(v.dtype == torch.float16 for f in files for v in load_file(str(f)).values())
+    assert json.loads((out / "training.json").read_text())["storage_dtype"] == "float16"
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
+    ema = load_tensors(trained / "unet_ema.safetensors")
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, ema[k].half().float())

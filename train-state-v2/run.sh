@@ -7,13 +7,13 @@
 # Stop cleanly: `touch train-state-v2/STOP` (checkpoint, then exit within one step), or `kill $(cat train-state-v2/run.pid)`
 # only for the python pid printed in train.log. Re-running removes STOP and continues.
 # Stages: 0) restore train-state-v2/snapshot/ if it is newer than the live files (fresh clone);
-#         1) VAE, cosine lr over VAE_STEPS steps (multi-view scenes, cached under cache/);
+#         1) VAE, cosine lr over 3000 steps (VAE_STEPS) (multi-view scenes, cached under cache/);
 #         2) UNet + text encoder until stopped (held-out denoising loss every 500 steps -> heldout.csv).
 # The recipe (sizes, world, lr, ...) is fixed in config.json at the first call; the flags below only matter then.
 cd "$(dirname "$0")/.." || exit 1
 S=train-state-v2
 PY=${PY:-.venv/bin/python}
-VAE_STEPS=${VAE_STEPS:-4000}
+VAE_STEPS=${VAE_STEPS:-3000}
 if [ "$1" = "--background" ]; then
   IDSEDIT_TRAIN_BG=1 setsid nohup sh "$S/run.sh" >> "$S/train.log" 2>&1 < /dev/null &
   echo "started in the background; log: $S/train.log"
@@ -33,7 +33,7 @@ if [ -n "$IDSEDIT_TRAIN_BG" ] && [ -w /proc/$$/autogroup ]; then echo "${NICE:--
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 echo "$(date -u '+%F %T') run.sh start (pid $$)"
 RECIPE="--world multiview --default-share 0.25 --scenes 40000 --val-scenes 256 --captions-per-scene 8 \
-  --vae-batch 16 --vae-lr 0.001 --vae-decay-steps 4000 --vae-min-lr-frac 0.05 \
+  --vae-batch 16 --vae-lr 0.001 --vae-decay-steps 3000 --vae-min-lr-frac 0.05 \
   --unet-batch 32 --unet-lr 0.0005 --warmup-steps 200 --ema-decay 0.999 --heldout-every 500 --heldout-draws 4 \
   --checkpoint-minutes 5 --threads 1"
 MODEL='{"vae_channels": [32, 64, 128], "vae_layers_per_block": 1, "unet_channels": [32, 64, 128], "unet_layers_per_block": 2}'

@@ -75,8 +75,25 @@ Details: training.json. Load with `diffusers.StableDiffusionPipeline.from_pretra
 """
 
 
-def export_pipeline(state: Path, out: Path, quality: dict | None = None) -> Path:
-    """Write the pipeline (fp32 safetensors) + training.json + README.md to ``out`` atomically."""
+def to_fp16_files(folder: Path) -> int:
+    """Rewrite every ``*/*.safetensors`` of a pipeline folder with its floating tensors in float16 (half the bytes;
+    ``StableDiffusionPipeline.from_pretrained`` without ``torch_dtype`` still builds float32 modules from them).
+    Returns the number of files rewritten."""
+    from safetensors.torch import load_file, save_file
+
+    files = sorted(Path(folder).glob("*/*.safetensors"))
+    for f in files:
+        t = load_file(str(f))
+        tmp = f.with_name(f.name + ".tmp")
+        save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in t.items()}, str(tmp),
+                  metadata={"format": "pt"})
+        os.replace(tmp, f)
+    return len(files)
+
+
+def export_pipeline(state: Path, out: Path, quality: dict | None = None, fp16: bool = False) -> Path:
+    """Write the pipeline (fp32 safetensors, or fp16 storage with ``fp16``) + training.json + README.md to ``out``
+    atomically."""
     state, out = Path(state), Path(out)
     pipe = build_pipeline(state)
     record = training_record(state)
@@ -86,6 +103,9 @@ def export_pipeline(state: Path, out: Path, quality: dict | None = None) -> Path
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if fp16:
+        to_fp16_files(tmp)
+        record["storage_dtype"] = "float16"
     shutil.rmtree(tmp / "tokenizer")  # ship our genuine CLIP files (vocab.json + merges.txt), not a re-serialisation
     shutil.copytree(state / "tokenizer", tmp / "tokenizer")
     (tmp / "training.json").write_text(json.dumps(record, indent=2))

@@ -684,7 +684,7 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
 
 
 def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None,
-               log: Callable[[str], None] | None = None) -> dict:
+               log: Callable[[str], None] | None = None, export_fp16: bool = False) -> dict:
     """Run one stage on ``cfg.state``: 'vae', 'decoder' (decoder-only fine-tune), 'unet', 'export', or
     'all' (vae, unet, export).
 
@@ -721,7 +721,7 @@ def train_mini(stage: str, cfg: TrainConfig, out: Path | None = None, world=None
     if stage in ("export", "all"):
         from .export import export_pipeline
 
-        result["export"] = str(export_pipeline(cfg.state, out or _default_out()))
+        result["export"] = str(export_pipeline(cfg.state, out or _default_out(), fp16=export_fp16))
         log(f"exported pipeline -> {result['export']}")
     return result
 
@@ -746,6 +746,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-json", default=None,
                    help="network sizes as JSON overrides of MiniModelConfig, e.g. '{\"unet_channels\": [64, 128, 128]}' "
                         "(used only when the state folder is created)")
+    p.add_argument("--export-fp16", action="store_true",
+                   help="--stage export: store the weights as float16 (they still load as float32)")
 
 
 def config_from_args(a: argparse.Namespace) -> tuple[str, TrainConfig, Path | None]:
@@ -771,15 +773,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig, Path | 
 def cli_main(args: argparse.Namespace) -> int:
     """`idsedit train-mini`: user errors propagate as IdseditError (the CLI prints one line)."""
     stage, cfg, out = config_from_args(args)
-    train_mini(stage, cfg, out)
+    train_mini(stage, cfg, out, export_fp16=getattr(args, "export_fp16", False))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; user errors print one line and exit 2."""
     try:
-        stage, cfg, out = parse_args(argv)
-        train_mini(stage, cfg, out)
+        p = argparse.ArgumentParser(prog="python -m idsedit.mini.train", description=__doc__.split("\n")[0])
+        add_arguments(p)
+        a = p.parse_args(argv)
+        stage, cfg, out = config_from_args(a)
+        train_mini(stage, cfg, out, export_fp16=a.export_fp16)
     except IdseditError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
