@@ -141,7 +141,8 @@ def test_runner_cancel_stops_promptly_and_frees_the_model(tiny_prior, files, tmp
     done = seen[-1]
     assert isinstance(done, Done) and done.cancelled
     md = done.results[0]
-    assert md.cancelled and 2 <= md.steps_done <= 4             # stopped before the next step (or one more)
+    assert md.cancelled and md.result.cancelled and 2 <= md.steps_done <= 4   # the core's should_stop, checked
+    assert md.result.steps_done == md.steps_done                               # before every step
     assert json.loads(md.files["record"].read_text())["cancelled"] is True
     assert not runner.cancel("s2")                              # nothing left running for that session
     again = _drain(runner.run(EditRequest.check(files["image"], SRC, TRG, method="dds", steps=2), "s2"))
@@ -313,6 +314,48 @@ def test_browser_bad_file_shows_one_line_and_app_keeps_working(server, driver, f
     assert "ids: 2 steps" in _status(driver)
 
 
+def test_browser_painted_mask_limits_the_edit(server, driver, files):
+    """Strokes painted over the left part of the image: the right part of the result is the input, exactly."""
+    import urllib.request
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    _page(driver, server["url"])
+    _fill(driver, files["image"], steps=2)
+    _wait(driver, lambda d: "ready" in _status(d), 20, "the upload preview")
+    _css(driver, "#editor button[aria-label=Brush]").click()
+    canvas = driver.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
+    shown = driver.execute_script("return arguments[0].getBoundingClientRect().height", canvas)
+    strokes = ActionChains(driver).move_to_element_with_offset(canvas, -int(shown * 0.3), -int(shown * 0.3))
+    strokes = strokes.click_and_hold()
+    for _ in range(6):
+        strokes = strokes.move_by_offset(0, int(shown * 0.1))
+    strokes.release().perform()
+    _choose_option(driver, "method", "dds")
+    _css(driver, "#run").click()
+    _wait(driver, lambda d: _status(d).startswith("done"), 60, "the masked edit")
+    links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#downloads a")]
+    rec = json.loads(urllib.request.urlopen(next(h for h in links if h.endswith(".json"))).read())
+    assert rec["mask"] is True and rec["method"] == "dds"
+    edited = np.asarray(Image.open(urllib.request.urlopen(next(h for h in links if h.endswith(".dds.png"))))
+                        .convert("RGB"))
+    source_px = np.asarray(Image.open(files["image"]).convert("RGB"))
+    assert np.array_equal(edited[:, 48:], source_px[:, 48:])           # unpainted: untouched
+    assert not np.array_equal(edited[:, :24], source_px[:, :24])       # painted: edited
+
+
+def _choose_option(driver, elem_id: str, value: str) -> None:
+    """Pick the option whose text starts with ``value:`` in a Gradio dropdown."""
+    from selenium.webdriver.common.by import By
+
+    _css(driver, f"#{elem_id} input").click()
+    option = _wait(driver, lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "li.item")
+                                      if o.text.replace("\u2713", "").strip().startswith(value + ":")], 10,
+                   f"the option {value}")[0]
+    option.click()
+
+
 def test_browser_cancel_stops_and_next_run_works(server, driver, files):
     _page(driver, server["url"])
     _fill(driver, files["image"], steps=20000)
@@ -344,6 +387,21 @@ def test_gradio_client_calls_the_same_endpoint(server, files):
     assert {row[2] for row in plot["data"]} == {"ids, FPR iteration 1", "ids, FPR iteration 2"}
     recs = [json.loads(Path(p).read_text()) for p in paths if p.endswith(".json")]
     assert [r["method"] for r in recs] == ["ids", "dds"] and recs[0]["config"]["distill"]["fpr_iters"] == 2
+    # a painted mask (the image editor's paint layer: strokes over the left half) keeps the right half as it was
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[:, :24] = (255, 0, 255, 255)
+    layer_path = files["mask"].parent / "strokes.png"
+    Image.fromarray(layer).save(layer_path)
+    painted = {"background": handle_file(str(files["image"])), "layers": [handle_file(str(layer_path))],
+               "composite": None}
+    status, *_, paths = client.predict(handle_file(str(files["image"])), SRC, TRG, "dds", "none", 3, 7.5, 3, 1.0,
+                                       "exact", 0, None, painted, api_name="/edit")
+    assert status.startswith("done; dds: 3 steps")
+    rec = json.loads(Path(next(p for p in paths if p.endswith(".json"))).read_text())
+    assert rec["mask"] is True
+    edited = np.asarray(Image.open(next(p for p in paths if p.endswith(".dds.png"))).convert("RGB"))
+    source_px = np.asarray(Image.open(files["image"]).convert("RGB"))
+    assert np.array_equal(edited[:, 32:], source_px[:, 32:]) and not np.array_equal(edited[:, :16], source_px[:, :16])
     with pytest.raises(AppError, match="notes.txt is not an image in a supported format"):
         client.predict(handle_file(str(files["notes"])), SRC, TRG, "ids", "none", 3, 7.5, 3, 1.0, "exact", 0,
                        None, None, api_name="/edit")

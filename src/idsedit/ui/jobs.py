@@ -13,7 +13,6 @@ Nothing here imports gradio, so it is tested directly (``tests/test_ui.py``) and
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import queue
 import re
 import threading
@@ -228,16 +227,6 @@ class Failed:
 
 
 # --------------------------------------------------------------------------------------------------- running
-class Cancelled(Exception):
-    """Raised inside the edit's callback to stop it when the core has no ``should_stop`` parameter."""
-
-
-def _edit_supports_should_stop() -> bool:
-    from ..edit2d import edit_image
-
-    return "should_stop" in inspect.signature(edit_image).parameters
-
-
 class EditRunner:
     """Runs edits on one prior, one at a time: the prior's lock (``prior.lock`` when the prior has one, else a
     lock of this runner) is held for the whole request; ``cancel(session)`` asks that session's run to stop."""
@@ -356,7 +345,7 @@ class EditRunner:
         position = req.methods.index(method)
         every = max(1, cfg.steps // max(1, self.frames))
         residuals: list = []
-        state = {"t_first": None, "last_z": None, "steps_done": 0}
+        state = {"t_first": None, "steps_done": 0}
         known = self.seconds_per_step.get(key)
         t_start = time.perf_counter()
 
@@ -366,7 +355,6 @@ class EditRunner:
             for k, r in enumerate(norms or []):
                 residuals.append((i + 1, k, float(r)))
             state["steps_done"] = i + 1
-            state["last_z"] = z
             if i == 0:
                 state["t_first"] = now
             # s/step: from step 2 on (step 1 includes warm-up), else a previous run's figure, else step 1's
@@ -380,40 +368,17 @@ class EditRunner:
             events.put(Progress(method, i + 1, cfg.steps, done_before + i + 1, total, eta))
             if (i + 1) % every == 0 or i + 1 == cfg.steps:
                 frame = restore_size(edit2d.tensor_to_image(self.prior.decode(z.detach())), req.image.size)
-                events.put(Frame(method, i + 1, edit2d._composite(frame, req.image, req.mask)))
-            if not _SUPPORTS_STOP[0] and stop.is_set():
-                raise Cancelled
+                if req.mask is not None:                        # as the final image: the input outside the mask
+                    frame = Image.composite(frame, req.image, req.mask)
+                events.put(Frame(method, i + 1, frame))
 
-        if _SUPPORTS_STOP[0] is None:
-            _SUPPORTS_STOP[0] = _edit_supports_should_stop()
-        kwargs = {"should_stop": stop.is_set} if _SUPPORTS_STOP[0] else {}
-        try:
-            result = edit2d.edit_image(self.prior, req.image, req.source, req.target, cfg, mask=req.mask,
-                                       progress=False, callback=on_step, **kwargs)
-            cancelled = bool(getattr(result, "cancelled", False))
-        except Cancelled:                       # the core without should_stop: build the partial result here
-            result = self._partial(req, cfg, state)
-            cancelled = True
+        result = edit2d.edit_image(self.prior, req.image, req.source, req.target, cfg, mask=req.mask,
+                                   progress=False, callback=on_step, should_stop=stop.is_set)
+        cancelled = bool(result.cancelled)
         if state["t_first"] is not None and state["steps_done"] >= 3 and not cancelled:
             self.seconds_per_step[key] = (time.perf_counter() - state["t_first"]) / (state["steps_done"] - 1)
-        files = self.write(req, method, result, residuals, cancelled, state["steps_done"])
-        return MethodDone(method, result, residuals, files, cancelled, state["steps_done"])
-
-    def _partial(self, req: EditRequest, cfg, state):
-        """An EditResult of the steps done so far (used only when the core cannot stop on its own)."""
-        from .. import edit2d
-        from ..images import restore_size
-
-        z = state["last_z"]
-        if z is None:
-            img = req.image.copy()
-        else:
-            img = edit2d._composite(restore_size(edit2d.tensor_to_image(self.prior.decode(z.detach())),
-                                                 req.image.size), req.image, req.mask)
-        res = edit2d.EditResult(image=img, source_image=req.image, latent=z, source_latent=None, config=cfg,
-                                source=req.source, target=req.target)
-        res.cancelled = True
-        return res
+        files = self.write(req, method, result, residuals, cancelled, result.steps_done)
+        return MethodDone(method, result, residuals, files, cancelled, result.steps_done)
 
     # ---------------------------------------------------------------- files
     def write(self, req: EditRequest, method: str, result, residuals, cancelled: bool, steps_done: int) -> dict:
@@ -430,10 +395,7 @@ class EditRunner:
         label = f"{method}: {req.target}" + (f" (cancelled at step {steps_done})" if cancelled else "")
         save_image_atomic(comparison_image(req.image, result.image, [f"source: {req.source}", label]),
                           files["compare"])
-        try:
-            record = dict(result.record())
-        except Exception:                       # noqa: BLE001  a partial result without latents
-            record = {"source": req.source, "target": req.target, "config": dataclasses.asdict(result.config)}
+        record = dict(result.record())
         record.update({"idsedit_version": __version__, "input": req.image_name, "method": method,
                        "model": getattr(self.prior, "name", None) or "bundled mini prior",
                        "device": str(getattr(self.prior, "device", "")),
@@ -459,9 +421,6 @@ class EditRunner:
                     n += 1
             req.run_dir = d
         return req.run_dir
-
-
-_SUPPORTS_STOP: list = [None]
 
 
 def safe_stem(name: str) -> str:
