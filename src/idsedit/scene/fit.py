@@ -208,7 +208,7 @@ def _load_checkpoint(path: Path) -> dict:
 
 def _resume_key(cfg: FitConfig) -> dict:
     """The settings a resumed fit must share with the interrupted one (steps may grow)."""
-    d = dataclasses.asdict(cfg)
+    d = json.loads(json.dumps(dataclasses.asdict(cfg)))     # as stored (tuples become lists)
     for k in ("steps", "checkpoint_every"):
         d.pop(k)
     return d

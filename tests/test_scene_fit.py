@@ -1,0 +1,156 @@
+"""Scene fit, edit and render end to end on a tiny shapes-world scene (16x16, 8 views, a 16^3 grid)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from idsedit import cli
+from idsedit.distill import METHODS, MethodSpec
+from idsedit.scene.cli import stop_on_signals
+from idsedit.scene.edit import SceneEditConfig, edit_scene
+from idsedit.scene.fit import FitConfig, fit_scene
+from idsedit.scene.outputs import render_cameras, render_orbit
+from idsedit.scene.store import load_scene
+from idsedit.shapes import ObjectParams, SceneParams, write_multiview
+
+TINY = dict(n_voxels=16 ** 3, n_voxels_init=8 ** 3, batch_rays=256, density_rank=4, app_rank=4, holdout_every=4,
+            upsample_at=(2, 4), occupancy_start=3, occupancy_every=2, checkpoint_every=100, lr_grid=0.08)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene") / "data"
+    p = SceneParams(objects=(ObjectParams("cube", "red", (0.0, 0.0), 0.8),), floor_color="gray", background="white")
+    write_multiview(p, root, n_views=8, size=16)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fitted") / "scene"
+    losses = []
+    res = fit_scene(dataset, out, FitConfig(steps=12, **TINY), progress=False,
+                    callback=lambda step, info: losses.append(info["loss"]))
+    return res, losses
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_fit_lowers_the_loss_and_writes_a_scene(fitted):
+    res, losses = fitted
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert not res.cancelled and res.steps_done == 12 and res.eval_split == "test"
+    report = json.loads((res.out_dir / "report.json").read_text())
+    assert report["heldout_psnr"] == pytest.approx(res.psnr) and report["train_views"] == 6
+    assert not (res.out_dir / "checkpoint.pt").exists()
+    scene = load_scene(res.out_dir)
+    assert scene.field.config.resolution == res.scene.field.config.resolution
+    for k, v in res.scene.field.state_dict().items():
+        assert torch.equal(scene.field.state_dict()[k], v), k
+
+
+def test_resumed_fit_equals_uninterrupted(dataset, tmp_path):
+    cfg = FitConfig(steps=7, seed=3, **TINY)
+    whole = fit_scene(dataset, tmp_path / "whole", cfg, progress=False)
+    seen = []
+    part = fit_scene(dataset, tmp_path / "part", cfg, progress=False, should_stop=lambda: len(seen) >= 3,
+                     callback=lambda step, info: seen.append(step))
+    assert part.cancelled and part.steps_done == 3 and (tmp_path / "part" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "part" / "scene.json").exists()
+    rest = fit_scene(dataset, tmp_path / "part", cfg, progress=False)
+    assert rest.steps_done == 7
+    a, b = whole.scene.field.state_dict(), rest.scene.field.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_signals_set_the_stop_event():
+    with stop_on_signals() as stop:
+        assert not stop.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.is_set()
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_one_edit_step_calls_the_2d_method_function(fitted, tiny_prior, tmp_path, monkeypatch):
+    res, _ = fitted
+    before = _digest(res.out_dir)
+    spec = METHODS["dds"]
+    calls = []
+
+    def counting(prior, z_src, z_trg, *rest):
+        calls.append((z_src.shape, z_trg.requires_grad))
+        return spec.fn(prior, z_src, z_trg, *rest)
+
+    monkeypatch.setitem(METHODS, "dds", MethodSpec("dds", counting, spec.summary))
+    out = edit_scene(tiny_prior, res.out_dir, "a red cube", "a blue cube", tmp_path / "edited",
+                     SceneEditConfig(method="dds", steps=1, lr=0.05), progress=False)
+    assert len(calls) == 1
+    (shape, needs_grad), = calls
+    assert needs_grad and tuple(shape) == (1, 4, 8, 8)          # the tiny prior: 64x64 renders, 8x8 latents
+    assert _digest(res.out_dir) == before                       # the source scene is never modified
+    src, new = load_scene(res.out_dir).field, load_scene(tmp_path / "edited").field
+    moved = [k for k in ("app_planes.0", "density_planes.0")
+             if not torch.equal(src.state_dict()[k], new.state_dict()[k])]
+    assert moved == ["app_planes.0", "density_planes.0"]
+    assert load_scene(tmp_path / "edited").history[-1]["kind"] == "edit"
+
+
+def test_render_cameras_and_orbit(fitted, dataset, tmp_path):
+    res, _ = fitted
+    scene = load_scene(res.out_dir)
+    frames = render_cameras(scene, dataset / "transforms.json", tmp_path / "r", progress=False)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir())[:2] == ["r_000.depth.npy", "r_000.png"]
+    depth = np.load(tmp_path / "r" / "r_000.depth.npy")
+    assert depth.dtype == np.float32 and depth.shape == (16, 16)
+    assert Image.open(tmp_path / "r" / "r_000.png").size == (16, 16)
+    np.testing.assert_array_equal(frames.depth[0], depth)
+    paths = render_orbit(scene, 3, tmp_path / "o", compare=scene, progress=False)
+    for name in ("orbit.gif", "orbit.mp4", "orbit_depth.gif", "orbit_depth.mp4"):
+        assert Path(paths[name]).stat().st_size > 0
+    assert Image.open(paths["orbit.gif"]).n_frames == 3
+
+
+# --------------------------------------------------------------------------------------------------- CLI errors
+def _run(capsys, argv):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_cli_bad_inputs_are_one_line_errors(capsys, tmp_path, dataset, fitted):
+    res, _ = fitted
+    out = tmp_path / "out"
+    code, err = _run(capsys, ["scene", "fit", str(tmp_path / "missing"), "--out", str(out), "--quiet"])
+    assert code == 1 and len(err) == 1 and err[0].startswith("error:") and "does not exist" in err[0]
+    assert not out.exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.5, "frames": [
+        {"file_path": "x.png", "transform_matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}))
+    code, err = _run(capsys, ["scene", "fit", str(bad), "--out", str(out), "--quiet", "--holdout-every", "0"])
+    assert code == 1 and len(err) == 1 and "x.png" in err[0] and not out.exists()
+    code, err = _run(capsys, ["scene", "render", str(dataset), "--orbit", "2", "--out", str(out)])
+    assert code == 1 and len(err) == 1 and "is not a scene" in err[0] and not out.exists()
+    code, err = _run(capsys, ["scene", "edit", str(tmp_path), "--source", "a", "--target", "b", "--out", str(out)])
+    assert code == 1 and len(err) == 1 and "is not a scene" in err[0]
+    code, err = _run(capsys, ["scene", "fit", str(dataset), "--out", str(res.out_dir), "--quiet"])
+    assert code == 1 and len(err) == 1 and "already holds a fitted scene" in err[0]
+    code, err = _run(capsys, ["scene", "render", str(res.out_dir), "--out", str(out)])
+    assert code == 1 and "exactly one of --cameras" in err[0]
