@@ -49,8 +49,10 @@ class FitConfig:
     app_rank: int = 24              # TensoRF appearance rank per component
     sh_degree: int = 2              # view dependence of colour (0..2)
     step_ratio: float = 0.5         # sample spacing along rays, in cells
-    lr_grid: float = 0.02           # Adam learning rate of the grids (and the environment map)
+    lr_grid: float = 0.06           # Adam learning rate of the grids
     lr_basis: float = 1e-3          # Adam learning rate of the SH basis
+    lr_env: float = 1e-3            # Adam learning rate of the learned background: slow, so that surfaces of uniform
+                                    # colour (a floor) become geometry before the background can imitate them
     lr_decay: float = 0.1           # final / initial learning rate (exponential decay)
     l1_density: float = 0.0         # weight of mean |sigma features| (clears floaters)
     n_voxels_init: int = 48 ** 3    # grid cells at the start (coarse to fine)
@@ -146,7 +148,7 @@ def make_optimizer(f: TensoRF, cfg: FitConfig) -> torch.optim.Adam:
     groups = [{"params": grids, "lr": cfg.lr_grid, "base_lr": cfg.lr_grid},
               {"params": list(f.basis.parameters()), "lr": cfg.lr_basis, "base_lr": cfg.lr_basis}]
     if f.env is not None:
-        groups.append({"params": [f.env], "lr": cfg.lr_grid, "base_lr": cfg.lr_grid})
+        groups.append({"params": [f.env], "lr": cfg.lr_env, "base_lr": cfg.lr_env})
     return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
 
