@@ -177,3 +177,11 @@ def test_fp16_export_loads_as_fp32(trained, tmp_path):
     ema = load_tensors(trained / "unet_ema.safetensors")
     for k, v in pipe.unet.state_dict().items():
         assert torch.equal(v, ema[k].half().float())
+
+
+def test_cooldown_factor_closed_form():
+    from idsedit.mini.train import cooldown_factor
+
+    assert cooldown_factor(500, 0, 100, 0.1) == 1.0 and cooldown_factor(99, 100, 100, 0.1) == 1.0
+    assert cooldown_factor(150, 100, 100, 0.1) == pytest.approx(0.55)
+    assert cooldown_factor(200, 100, 100, 0.1) == pytest.approx(0.1) == cooldown_factor(10_000, 100, 100, 0.1)

@@ -78,6 +78,9 @@ class TrainConfig:
     vae_min_lr_frac: float = 0.05  # final VAE lr / vae_lr of the cosine decay
     heldout_every: int = 0  # >0: every this many UNet steps, log the EMA model's held-out denoising loss
     heldout_draws: int = 4  # held-out (t, noise) draws per validation scene
+    unet_cooldown_start: int = 0  # >0: from this UNet step, decay the lr linearly ...
+    unet_cooldown_steps: int = 0  # ... over this many steps to unet_cooldown_frac of unet_lr (then keep it)
+    unet_cooldown_frac: float = 0.1  # final lr fraction of the cool-down
     model: MiniModelConfig = field(default_factory=MiniModelConfig)  # network sizes
 
     def to_dict(self) -> dict:
@@ -114,6 +117,13 @@ def lr_at(step: int, base_lr: float, warmup: int, decay_steps: int = 0, min_frac
         c = 0.5 * (1.0 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
         lr *= min_frac + (1.0 - min_frac) * c
     return lr
+
+
+def cooldown_factor(step: int, start: int, steps: int, final: float) -> float:
+    """1 before ``start``, then linear to ``final`` over ``steps`` steps, then ``final`` (1 if start or steps is 0)."""
+    if start <= 0 or steps <= 0 or step < start:
+        return 1.0
+    return 1.0 - (1.0 - final) * min(1.0, (step - start) / steps)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -660,6 +670,7 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         w = min_snr_weights(alphas, t, cfg.snr_gamma)  # (B,)
         loss = (w * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         lr = lr_at(step - max(meta.get("fresh_moments_at", [0])), cfg.unet_lr, cfg.warmup_steps)
+        lr *= cooldown_factor(step, cfg.unet_cooldown_start, cfg.unet_cooldown_steps, cfg.unet_cooldown_frac)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
