@@ -247,10 +247,44 @@ def test_eval_cli_errors_are_one_line(tmp_path, capsys):
     for argv, message in ((["--model", str(TINY_MODEL), "--out", str(f)], "is a file"),
                           (["--families", "texture"], "unknown edit family 'texture'"),
                           (["--methods", "dds@authors"], "no authors' settings"),
-                          (["--n", "0"], "--n must be >= 1")):
+                          (["--n", "0"], "--n must be >= 1"),
+                          (["--out", str(f / "sub")], "could not")):          # an OSError: one line, no traceback
         capsys.readouterr()
         full = argv if "--out" in argv else argv + ["--out", str(tmp_path / "o")]
         assert cli.main(["eval", *full, "--quiet"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
     assert f.read_text() == "x" and not (tmp_path / "o").exists()
+
+
+def _row(case, label, **kw):
+    base = {"case": case, "label": label, "family": "colour", "target_reached": True, "identity_kept": True,
+            "kept_fraction": 1.0, "psnr_outside": 20.0, "psnr_target": 18.0, "fe": 800, "kept": {"shape": True}}
+    return {**base, **kw}
+
+
+def test_summary_paired_differences_and_frontier_by_hand():
+    from idsedit.evaluate.report import frontier, markdown_summary, paired_differences, summarize
+
+    rows = []
+    for i, (d, x) in enumerate([(18.0, 20.0), (14.0, 17.0), (22.0, 23.0), (16.0, 18.0)]):
+        rows.append(_row(f"c{i}", "dds", psnr_outside=d, identity_kept=i == 0, fe=800))
+        rows.append(_row(f"c{i}", "ids", psnr_outside=x, identity_kept=i < 3, fe=4400))
+        rows.append(_row(f"c{i}", "ids-jf", psnr_outside=x - 0.5, identity_kept=i < 3, fe=2000,
+                         kept={"shape": i != 1}))
+    s = summarize(rows, n_boot=500)
+    assert s["dds"]["psnr_outside"]["mean"] == 17.5 and s["ids"]["psnr_outside"]["mean"] == 19.5
+    assert s["ids"]["identity_kept"]["mean"] == 0.75 and s["ids-jf"]["kept_shape"]["mean"] == 0.75
+    assert s["dds"]["psnr_outside"]["lo"] >= 14.0 and s["dds"]["psnr_outside"]["hi"] <= 22.0
+    d = paired_differences(rows, "dds", n_boot=500)
+    # ids - dds per case: +2, +3, +1, +2 -> mean 2, every resample's mean within [1, 3]
+    assert d["ids"]["psnr_outside"]["mean"] == 2.0 and 1.0 <= d["ids"]["psnr_outside"]["lo"] <= 2.0 <= \
+        d["ids"]["psnr_outside"]["hi"] <= 3.0
+    assert d["ids"]["identity_kept"]["mean"] == 0.5 and d["ids"]["identity_kept"]["n"] == 4
+    f = frontier(s)
+    assert [r["run"] for r in f["runs"]] == ["dds", "ids-jf", "ids"]
+    assert [r["pareto"] for r in f["runs"]] == [True, True, True]
+    assert f["cheapest_at_reference"] == "ids-jf"          # IDS's identity rate at 2000 instead of 4400
+    md = markdown_summary(s, d, {}, baseline="dds", header={"model": "m"}, cases=[])
+    assert "| ids | 4 | +0.0" in md or "| ids | 4 |" in md
+    assert "+2.0 [" in md and "Cheapest run with identity kept >= ids's" in md and "ids-jf." in md

@@ -213,7 +213,7 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     from ..images import atomic_path, save_image_atomic, save_json_atomic
     from . import figures
     from .cases import render_image
-    from .report import family_table, markdown_summary, paired_differences, rows_csv, summarize
+    from .report import family_table, frontier, markdown_summary, paired_differences, rows_csv, summarize
 
     summary = summarize(rows, n_boot=s["n_boot"])
     labels = list(summary)
@@ -233,7 +233,8 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     with atomic_path(out / "rows.csv") as tmp:
         tmp.write_text(rows_csv(rows))
     save_json_atomic({"settings": s, "model": model, "baseline": baseline, "summary": summary,
-                      "paired_differences": diffs, "families": fams, "runs": [r.record() for r in runs],
+                      "paired_differences": diffs, "families": fams, "frontier": frontier(summary),
+                      "runs": [r.record() for r in runs],
                       "cases": [c.record() for c in cases]}, out / "summary.json")
     size = 64
     by = {(r["case"], r["label"]): r for r in rows}

@@ -117,6 +117,32 @@ def family_table(rows: list[dict]) -> dict:
     return out
 
 
+def frontier(summary: dict, reference: str = "ids", target_slack: float = 0.05) -> dict:
+    """The cost-quality frontier: runs sorted by UNet forward-equivalents per edit, each marked ``pareto`` when no
+    cheaper-or-equal run is at least as good on both identity kept and PSNR outside; and ``cheapest_at_reference``:
+    the cheapest run whose identity kept is at least ``reference``'s and whose target-reached rate is within
+    ``target_slack`` of it (None if none, or no reference run)."""
+    pts = [(lab, s) for lab, s in summary.items() if "fe" in s and "identity_kept" in s and "psnr_outside" in s]
+    pts.sort(key=lambda p: (p[1]["fe"]["mean"], p[0]))
+    rows = []
+    for lab, s in pts:
+        fe, idk, pso = s["fe"]["mean"], s["identity_kept"]["mean"], s["psnr_outside"]["mean"]
+        dominated = any(o["fe"]["mean"] <= fe and o["identity_kept"]["mean"] >= idk and o["psnr_outside"]["mean"] >= pso
+                        and (o["identity_kept"]["mean"], o["psnr_outside"]["mean"], o["fe"]["mean"]) != (idk, pso, fe)
+                        for _, o in pts)
+        rows.append({"run": lab, "fe": fe, "identity_kept": idk, "psnr_outside": pso,
+                     "target_reached": s.get("target_reached", {}).get("mean"), "pareto": not dominated})
+    best = None
+    ref = summary.get(reference)
+    if ref and "identity_kept" in ref and "target_reached" in ref:
+        for r in rows:
+            if r["identity_kept"] >= ref["identity_kept"]["mean"] and \
+                    (r["target_reached"] or 0.0) >= ref["target_reached"]["mean"] - target_slack:
+                best = r["run"]
+                break
+    return {"reference": reference if ref else None, "runs": rows, "cheapest_at_reference": best}
+
+
 # --------------------------------------------------------------------------------------------------- text
 def _fmt(v: float, kind: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -185,6 +211,17 @@ def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: st
                   "|---|" + "---|" * len(attrs)]
     for label, s in (summary.items() if attrs else ()):
         lines.append(f"| {label} | " + " | ".join(_cell(s.get(f"kept_{a}"), "pct", False) for a in attrs) + " |")
+    fr = frontier(summary)
+    if len(fr["runs"]) > 1:
+        lines += ["", "## Cost-quality frontier (sorted by UNet forward-equivalents per edit; P = Pareto-optimal on "
+                  "identity kept and PSNR outside)", "", "| run | fwd-eq / edit | identity kept | target reached | "
+                  "PSNR outside (dB) | P |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['fe']:.0f} | {100 * r['identity_kept']:.0f}% | "
+                  f"{_fmt(r['target_reached'], 'pct')} | {r['psnr_outside']:.2f} | {'P' if r['pareto'] else ''} |"
+                  for r in fr["runs"]]
+        if fr["reference"]:
+            lines += ["", f"Cheapest run with identity kept >= {fr['reference']}'s and target reached within 5 pp: "
+                      f"{fr['cheapest_at_reference'] or 'none'}."]
     lines += ["", f"## Cases ({len(cases)})", "", "| case | seed | source prompt | target prompt |", "|---|---|---|---|"]
     lines += [f"| {c['name']} | {c['seed']} | {c['source_prompt']} | {c['target_prompt']} |" for c in cases]
     return "\n".join(lines) + "\n"
