@@ -196,12 +196,27 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_prior, tmp_path_factory):
+def scenes_root(tmp_path_factory):
+    """A folder holding one tiny fitted scene (a red cube, 8 views of 16x16, a 16^3 grid, 4 fit steps)."""
+    from idsedit.scene.fit import FitConfig, fit_scene
+    from idsedit.shapes import ObjectParams, SceneParams, write_multiview
+
+    root = tmp_path_factory.mktemp("ui-scenes")
+    p = SceneParams(objects=(ObjectParams("cube", "red", (0.0, 0.0), 0.8),), floor_color="gray", background="white")
+    write_multiview(p, root / "data", n_views=8, size=16)
+    tiny = dict(n_voxels=16 ** 3, n_voxels_init=8 ** 3, batch_rays=256, density_rank=4, app_rank=4, holdout_every=4,
+                upsample_at=(2,), occupancy_start=3, occupancy_every=2, checkpoint_every=100)
+    fit_scene(root / "data", root / "scenes" / "red-cube", FitConfig(steps=4, **tiny), progress=False)
+    return root / "scenes"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_prior, scenes_root, tmp_path_factory):
     """The real app over the tiny test model on a free localhost port, with its own output folder."""
     from idsedit.ui import create, launch
 
     out = tmp_path_factory.mktemp("ui-server") / "out"
-    app, runner = create(tiny_prior, out)
+    app, runner = create(tiny_prior, out, scenes=scenes_root)
     url = launch(app, host="127.0.0.1", port=_free_port(), block=False)
     yield {"url": url.rstrip("/"), "out": out, "runner": runner}
     app.close()
@@ -384,7 +399,7 @@ def test_gradio_client_calls_the_same_endpoint(server, files):
     assert status.startswith("done; ids: 3 steps; dds: 3 steps")
     assert edited["label"] == "Edited: ids" and compare["label"] == "Edited: dds" and compare["visible"] is True
     assert Image.open(edited["value"]).size == Image.open(compare["value"]).size == Image.open(source).size
-    assert {row[2] for row in plot["data"]} == {"ids, FPR iteration 1", "ids, FPR iteration 2"}
+    assert {row[2] for row in plot["data"]} == {"ids, k=1", "ids, k=2"}
     recs = [json.loads(Path(p).read_text()) for p in paths if p.endswith(".json")]
     assert [r["method"] for r in recs] == ["ids", "dds"] and recs[0]["config"]["distill"]["fpr_iters"] == 2
     # a painted mask (the image editor's paint layer: strokes over the left half) keeps the right half as it was
@@ -488,3 +503,45 @@ def test_cli_port_in_use_is_one_line_before_loading(tmp_path, capsys, monkeypatc
     assert code == 1 and loads == []                              # refused before any model loads
     assert capsys.readouterr().err.strip() == f"error: port {port} on 127.0.0.1 is in use: choose another --port"
     assert not (tmp_path / "o").exists()
+
+
+def test_browser_scene_tab_edits_and_plays_the_orbit(server, driver, scenes_root):
+    """Scene tab: pick the fitted scene, a 2-step edit, the source | edited orbit MP4 plays in the page."""
+    from selenium.webdriver.common.by import By
+
+    _page(driver, server["url"])
+    next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text == "Scene").click()
+    _css(driver, "#scene_dir input").click()
+    _wait(driver, lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "li.item") if "red-cube" in o.text], 10,
+          "the scene in the list")[0].click()
+    for sel, text in (("#scene_source textarea", SRC), ("#scene_target textarea", TRG), ("#scene_steps input", "2"),
+                      ("#scene_frames input", "4")):
+        box = _css(driver, sel)
+        box.clear()
+        box.send_keys(text)
+    _css(driver, "#scene_run").click()
+    status = lambda d: _css(d, "#scene_status").text.strip()  # noqa: E731
+    _wait(driver, lambda d: status(d).startswith(("done", "error")), 90, "the scene edit")
+    assert status(driver).startswith("done; ids: 2 steps")
+    ready = _wait(driver, lambda d: d.execute_script(
+        "const v = document.querySelector('#scene_video video'); "
+        "return v && v.readyState >= 2 && v.videoWidth > 0 ? [v.videoWidth, v.videoHeight, v.duration] : null"),
+        20, "the orbit video")
+    assert ready[0] > ready[1] > 0 and ready[2] > 0                  # source | edited side by side, playable
+    runs = list((server["out"] / "scenes").glob("*-red-cube.ids"))
+    assert runs and (runs[-1] / "scene" / "report.json").is_file() and (runs[-1] / "orbit" / "orbit.mp4").is_file()
+    report = json.loads((runs[-1] / "scene" / "report.json").read_text())
+    assert (report["method"], report["steps"], report["target"]) == ("ids", 2, TRG)
+
+
+def test_gradio_client_scene_errors_are_one_line(server, scenes_root, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(server["url"] + "/", verbose=False)
+    with pytest.raises(AppError, match=r"is not a folder: choose a scene folder made by `idsedit scene fit`"):
+        client.predict(str(tmp_path / "nowhere"), SRC, TRG, "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
+                       api_name="/edit_scene")
+    with pytest.raises(AppError, match="the target prompt is empty"):
+        client.predict(str(scenes_root / "red-cube"), SRC, " ", "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
+                       api_name="/edit_scene")

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", metavar="DTYPE", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle (.bin/.ckpt) weights, which can run code; only for sources you trust")
+    p.add_argument("--scenes", metavar="DIR", default=".",
+                   help="where the Scene tab looks for scenes fitted by `idsedit scene fit` (default: .)")
     p.add_argument("--max-queue", type=int, default=16, metavar="N",
                    help="most requests waiting in the queue (default: 16)")
 
@@ -80,15 +82,18 @@ def check_port(host: str, port: int) -> None:
             raise IdseditError(f"port {port} on {host} {why}: choose another --port") from None
 
 
-def create(prior, out_dir: str | os.PathLike, *, examples: bool = True, max_queue: int = 16):
-    """(Blocks app with its queue set up, EditRunner) over a loaded prior; launch with ``app.launch(...)``."""
+def create(prior, out_dir: str | os.PathLike, *, examples: bool = True, max_queue: int = 16,
+           scenes: str | os.PathLike | None = "."):
+    """(Blocks app with its queue set up, EditRunner) over a loaded prior; launch with ``app.launch(...)``.
+    ``scenes``: where the Scene tab looks for fitted scenes (None: no Scene tab)."""
     out_dir = prepare_out(out_dir)
     from .app import build_app, make_examples
     from .jobs import EditRunner
 
     runner = EditRunner(prior, out_dir)
     ex = make_examples(out_dir, prior.resolution) if examples else []
-    app = build_app(runner, examples=ex, model_name=getattr(prior, "name", "") or "bundled mini prior")
+    app = build_app(runner, examples=ex, model_name=getattr(prior, "name", "") or "bundled mini prior",
+                    scenes_root=Path(scenes).expanduser().resolve() if scenes is not None else None)
     app.queue(default_concurrency_limit=1, max_size=max_queue)
     return app, runner
 
@@ -117,7 +122,7 @@ def cli_main(args: argparse.Namespace) -> int:
     print(f"loading {args.model or 'the bundled mini prior'} ...", flush=True)
     with quiet_libraries():
         prior = load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    app, _ = create(prior, out_dir, max_queue=args.max_queue)
+    app, _ = create(prior, out_dir, max_queue=args.max_queue, scenes=args.scenes)
     print(f"idsedit ui: http://{args.host}:{args.port} (Ctrl-C to stop); files go to {out_dir}", flush=True)
     try:
         launch(app, host=args.host, port=args.port, share=args.share, block=True)

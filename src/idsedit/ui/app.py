@@ -44,7 +44,7 @@ def _escape(text: str) -> str:
 
 def _residual_frame(results: list[MethodDone]) -> pd.DataFrame | None:
     """Long-form table for the residual plot: one row per (method, step, FPR iteration)."""
-    rows = [{"step": s, "residual": r, "series": f"{md.method}, FPR iteration {k + 1}"}
+    rows = [{"step": s, "residual": r, "series": f"{md.method}, k={k + 1}"}
             for md in results for s, k, r in md.residuals]
     if not rows:                 # None, not an empty frame: Gradio 6's plot draws no lines after an empty one
         return None
@@ -70,7 +70,7 @@ def _fmt_s(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def build_app(runner: EditRunner, *, examples=None, model_name: str = "") -> gr.Blocks:
+def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes_root=None) -> gr.Blocks:
     """The Blocks app over one EditRunner (one model). Call ``.queue()`` and ``.launch()`` on it (see serve)."""
     d = defaults()
     examples = list(examples or [])
@@ -134,7 +134,8 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "") -> gr.
                                  visible=False, elem_id="out_b")
             with gr.Row():
                 plot = gr.LinePlot(_residual_frame([]), x="step", y="residual", color="series",
-                                   label="FPR residuals ||z_src - z0_hat(z_t)|| per step (IDS)", height=320,
+                                   label="FPR residuals ||z_src - z0_hat(z_t)|| per step (IDS)",
+                                   color_title="method, FPR iteration k",
                                    elem_id="plot")
                 files = gr.File(label="Downloads: edited PNG, side-by-side PNG, JSON record",
                                 file_count="multiple", interactive=False, elem_id="downloads")
@@ -238,6 +239,8 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "") -> gr.
 
         cancel.click(stop, None, [status], queue=False, api_name="cancel")
         app.run_event = run_event
+        if scenes_root is not None and scene_available():
+            scene_tab(runner, Path(scenes_root))
     return app
 
 
@@ -253,3 +256,115 @@ def _load_for_preview(path):
 def make_examples(out_dir: Path, resolution: int, n: int = 6):
     """Rendered shapes-world examples in ``out_dir/examples`` at the model's resolution (at most 256 px)."""
     return render_examples(out_dir / "examples", size=min(256, max(64, resolution)), n=n)
+
+
+def scene_available() -> bool:
+    """True when this installation has the scene editor (idsedit.scene.edit)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("idsedit.scene.edit") is not None
+    except ImportError:
+        return False
+
+
+def scene_tab(runner: EditRunner, scenes_root) -> None:
+    """The Scene tab (inside a Blocks context): pick a fitted scene, edit it with progress, play the orbits."""
+    from .jobs import SceneDone, SceneRequest, find_scenes
+
+    d = defaults()
+    from ..scene.edit import SceneEditConfig
+
+    scene_steps = SceneEditConfig().steps
+    with gr.Tab("Scene"):
+        gr.Markdown("Edit a radiance-field scene fitted with `idsedit scene fit` (the same methods, applied to "
+                    "rendered views), then play source | edited orbit videos.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Row():
+                    scene = gr.Dropdown(find_scenes(scenes_root), label="Scene folder", allow_custom_value=True,
+                                        info=f"found under {scenes_root}; or type a path", elem_id="scene_dir",
+                                        scale=4)
+                    rescan = gr.Button("Rescan", scale=1, elem_id="scene_rescan")
+                s_source = gr.Textbox(label="Source prompt", placeholder="a red cube", elem_id="scene_source")
+                s_target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="scene_target")
+                s_method = gr.Dropdown(_method_choices(), value="ids", label="Method", elem_id="scene_method")
+                with gr.Row():
+                    s_steps = gr.Number(scene_steps, label="Steps", precision=0, minimum=1,
+                                        info=f"edit steps (default {scene_steps})", elem_id="scene_steps")
+                    s_seed = gr.Number(d["seed"], label="Seed", precision=0, elem_id="scene_seed")
+                    s_frames = gr.Number(24, label="Orbit frames", precision=0, minimum=2, elem_id="scene_frames")
+                with gr.Row():
+                    s_guidance = gr.Number(d["guidance"], label="Guidance", elem_id="scene_guidance")
+                    s_fpr = gr.Number(d["fpr_iters"], label="FPR iterations", precision=0, minimum=0,
+                                      elem_id="scene_fpr_iters")
+                    s_lambda = gr.Number(d["fpr_lambda"], label="Lambda", minimum=0, elem_id="scene_fpr_lambda")
+                    s_mode = gr.Dropdown(list(FPR_MODES), value=d["fpr_mode"], label="FPR mode",
+                                         elem_id="scene_fpr_mode")
+                with gr.Row():
+                    s_run = gr.Button("Run", variant="primary", elem_id="scene_run")
+                    s_cancel = gr.Button("Cancel", variant="stop", elem_id="scene_cancel")
+                s_status = gr.Markdown("", elem_id="scene_status")
+            with gr.Column(scale=1):
+                s_live = gr.Image(label="Live: the view rendered at the latest step", type="pil", format="png",
+                                  interactive=False, height=220, elem_id="scene_live")
+                s_video = gr.Video(label="Orbit: source | edited", interactive=False, autoplay=True, loop=True,
+                                   elem_id="scene_video")
+                s_depth = gr.Video(label="Depth: source | edited", interactive=False, autoplay=True, loop=True,
+                                   elem_id="scene_depth")
+                s_files = gr.File(label="Downloads: orbit videos (MP4, GIF), edit report", file_count="multiple",
+                                  interactive=False, elem_id="scene_downloads")
+
+        rescan.click(lambda: gr.update(choices=find_scenes(scenes_root)), None, [scene], concurrency_limit=None,
+                     api_visibility="private")
+
+        def edit_scene(scene_dir, source, target, method, steps, seed, frames, w, n_fpr, lam, mode,
+                       request: gr.Request, progress=gr.Progress()):
+            """Edit a fitted scene towards the target prompt; yields renders, then the orbit videos and files."""
+            session = getattr(request, "session_hash", None) or "api"
+            keep = gr.update()
+            try:
+                req = SceneRequest.check(scene_dir, source, target, method=method, steps=steps, guidance=w,
+                                         fpr_iters=n_fpr, fpr_lambda=lam, fpr_mode=mode, seed=seed,
+                                         orbit_frames=frames)
+            except IdseditError as e:
+                yield _status(str(e), "error"), None, keep, keep, keep
+                raise gr.Error(str(e), print_exception=False)
+            steps_n = req.config.steps
+            yield _status(f"editing {req.scene_name} with {req.method}, {steps_n} steps"), None, None, None, None
+            progress((0, steps_n), desc="starting")
+            for ev in runner.run_scene(req, session):
+                if isinstance(ev, Progress):
+                    progress((ev.step, ev.steps), desc=f"{ev.method} step {ev.step}/{ev.steps}, about "
+                                                       f"{_fmt_s(ev.eta_s)} left", unit="steps")
+                    if ev.step == 2:
+                        yield _status(f"editing {req.scene_name} with {req.method}: about {_fmt_s(ev.eta_s)} "
+                                      "left, then the orbit renders"), keep, keep, keep, keep
+                elif isinstance(ev, Frame):
+                    yield keep, display(ev.image), keep, keep, keep
+                elif isinstance(ev, Failed):
+                    yield _status(ev.message, "error"), keep, keep, keep, keep
+                    raise gr.Error(ev.message, print_exception=False)
+                elif isinstance(ev, SceneDone):
+                    what = f"cancelled after {ev.steps_done} steps (partial edit rendered)" if ev.cancelled else \
+                        f"done; {req.method}: {ev.steps_done} steps"
+                    line = f"{what} ({ev.wall_s:.1f} s). Files in {ev.out_dir}"
+                    for m in ev.messages:
+                        line += f"\n\nwarning: {m}"
+                    report = ev.out_dir / "scene" / "report.json"
+                    files = [str(ev.videos[k]) for k in ("orbit.mp4", "orbit.gif", "orbit_depth.mp4")
+                             if k in ev.videos] + ([str(report)] if report.is_file() else [])
+                    yield (_status(line), keep, str(ev.videos["orbit.mp4"]), str(ev.videos["orbit_depth.mp4"]),
+                           files)
+
+        s_run.click(edit_scene, [scene, s_source, s_target, s_method, s_steps, s_seed, s_frames, s_guidance, s_fpr,
+                                 s_lambda, s_mode], [s_status, s_live, s_video, s_depth, s_files],
+                    api_name="edit_scene", concurrency_limit=1, concurrency_id="model", show_progress="full",
+                    show_progress_on=[s_live])
+
+        def stop(request: gr.Request):
+            if runner.cancel(getattr(request, "session_hash", None) or "api"):
+                return _status("cancelling: the edit stops before its next step")
+            return gr.update()
+
+        s_cancel.click(stop, None, [s_status], queue=False, api_visibility="private")

@@ -164,6 +164,77 @@ class _renamed_errors:
         return False
 
 
+@dataclass
+class SceneRequest:
+    """A checked scene edit: a fitted scene folder, prompts, one method variant, its SceneEditConfig."""
+
+    scene_dir: Path
+    scene_name: str
+    source: str
+    target: str
+    method: str
+    config: object               # idsedit.scene.edit.SceneEditConfig
+    orbit_frames: int = 24
+
+    @classmethod
+    def check(cls, scene_dir, source, target, *, method="ids", steps=None, guidance=None, fpr_iters=None,
+              fpr_lambda=None, fpr_mode=None, seed=None, orbit_frames=24) -> "SceneRequest":
+        """The scene CLI's checks: a folder made by ``idsedit scene fit`` (load_scene's one-line errors),
+        non-empty prompts, a known method, valid settings."""
+        from ..distill import DistillConfig
+        from ..scene.edit import SceneEditConfig
+        from ..scene.store import load_scene
+        from ..variants import get_variant
+
+        if scene_dir is None or not str(scene_dir).strip():
+            raise IdseditError("no scene: choose a scene folder made by `idsedit scene fit`")
+        path = Path(str(scene_dir).strip()).expanduser()
+        if not path.is_dir():
+            raise IdseditError(f"{path} is not a folder: choose a scene folder made by `idsedit scene fit`")
+        load_scene(path)
+        for what, prompt in (("source", source), ("target", target)):
+            if prompt is None or not str(prompt).strip():
+                raise IdseditError(f"the {what} prompt is empty: give a short description such as \"a red cube\"")
+        v = get_variant(method or "ids")
+        if fpr_mode in ("", None, "(method default)"):
+            fpr_mode = None
+        elif fpr_mode not in FPR_MODES:
+            raise IdseditError(f"unknown FPR mode {fpr_mode!r}: use one of {', '.join(FPR_MODES)}")
+        dist = {k: x for k, x in (("guidance", _number("guidance", guidance, float, 0, strict=True)),
+                                  ("fpr_iters", _number("FPR iterations", fpr_iters, int, 0)),
+                                  ("fpr_lambda", _number("lambda", fpr_lambda, float, 0)),
+                                  ("fpr_mode", fpr_mode)) if x is not None}
+        fields = {k: x for k, x in (("steps", _number("steps", steps, int, 1)), ("seed", _number("seed", seed, int)))
+                  if x is not None}
+        cfg = SceneEditConfig(method=v.method, distill=DistillConfig(**{**dist, **v.distill}), **fields)
+        frames = _number("orbit frames", orbit_frames, int, 2) or 24
+        return cls(path, path.name, str(source).strip(), str(target).strip(), v.name, cfg, frames)
+
+
+def find_scenes(root: str | Path, depth: int = 3, max_dirs: int = 2000) -> list[str]:
+    """Scene folders (made by ``idsedit scene fit`` or ``scene edit``) under ``root``, at most ``depth`` levels
+    down (looking into at most ``max_dirs`` folders), sorted; hidden folders and the app's cache are skipped."""
+    from ..scene.store import is_scene
+
+    root = Path(root)
+    found, frontier, seen = [], [root], 0
+    for _ in range(depth + 1):
+        nxt = []
+        for d in frontier:
+            seen += 1
+            if seen > max_dirs:                 # a huge tree: stop looking (the box also takes typed paths)
+                return sorted(found)
+            try:
+                if is_scene(d):
+                    found.append(str(d))
+                    continue
+                nxt += [c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".") and c.name != "cache"]
+            except OSError:
+                continue
+        frontier = nxt
+    return sorted(found)
+
+
 def painted_mask(layers) -> Image.Image | None:
     """A mask (mode L, white = editable) from an image editor's paint layers: every pixel any stroke covers
     (alpha > 0) is editable. None when nothing is painted."""
@@ -218,6 +289,16 @@ class Done:
     results: list                # [MethodDone] in request order
     cancelled: bool
     messages: list               # warnings raised during the run, one line each
+    wall_s: float
+
+
+@dataclass
+class SceneDone:
+    out_dir: Path                # the edit's folder: scene/ (the edited scene) and orbit/ (videos)
+    videos: dict                 # {"orbit.mp4": path, "orbit.gif": ..., "orbit_depth.mp4": ..., ...}
+    cancelled: bool
+    steps_done: int
+    messages: list
     wall_s: float
 
 
@@ -281,13 +362,21 @@ class EditRunner:
     def run(self, req: EditRequest, session: str = "default", *, poll_s: float = 0.1) -> Iterator:
         """Run the request in a worker thread; yield Progress, Frame, MethodDone events as they happen, then Done
         (or Failed with a one-line message). Leaving the iterator early cancels the run."""
+        return self._spawn(self._work, req, session, poll_s)
+
+    def run_scene(self, req: "SceneRequest", session: str = "default", *, poll_s: float = 0.1) -> Iterator:
+        """Edit a fitted scene in a worker thread, then render source | edited orbit videos; yields Progress and
+        Frame events (the view rendered at that step), then SceneDone (or Failed)."""
+        return self._spawn(self._scene_work, req, session, poll_s)
+
+    def _spawn(self, work, req, session: str, poll_s: float) -> Iterator:
         stop = threading.Event()
         with self._stops_lock:
             if session in self._stops:
                 self._stops[session].set()
             self._stops[session] = stop
         events: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._work, args=(req, stop, events), daemon=True,
+        worker = threading.Thread(target=self._guarded, args=(work, req, stop, events), daemon=True,
                                   name=f"idsedit-ui-{session[:8]}")
         worker.start()
         try:
@@ -300,7 +389,7 @@ class EditRunner:
                         return
                     continue
                 yield ev
-                if isinstance(ev, (Done, Failed)):
+                if isinstance(ev, (Done, SceneDone, Failed)):
                     return
         finally:
             stop.set()                          # a client that went away cancels its run
@@ -308,27 +397,11 @@ class EditRunner:
                 if self._stops.get(session) is stop:
                     del self._stops[session]
 
-    def _work(self, req: EditRequest, stop: threading.Event, events: queue.Queue) -> None:
-        t0 = time.perf_counter()
+    @staticmethod
+    def _guarded(work, req, stop: threading.Event, events: queue.Queue) -> None:
+        """Run ``work``; user errors become Failed(one line), anything else Failed(one line) + a logged traceback."""
         try:
-            with self.lock, warnings.catch_warnings(record=True) as caught:   # one run at a time, so the
-                warnings.simplefilter("always")                               # process-wide catch is ours
-                results = []
-                total = sum(c.steps for c in req.configs)
-                done_before = 0
-                for method, cfg in zip(req.methods, req.configs):
-                    if stop.is_set():
-                        break
-                    md = self._one(req, method, cfg, stop, events, done_before, total)
-                    results.append(md)
-                    events.put(md)
-                    done_before += cfg.steps
-                    if md.cancelled:
-                        break
-            messages = _unique(" ".join(str(w.message).split()) for w in caught
-                               if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
-            events.put(Done(results, stop.is_set() or any(r.cancelled for r in results), messages,
-                            time.perf_counter() - t0))
+            work(req, stop, events)
         except IdseditError as e:
             events.put(Failed(_one_line(e)))
         except Exception as e:                  # noqa: BLE001  the page shows one line, the log keeps the rest
@@ -336,6 +409,58 @@ class EditRunner:
 
             traceback.print_exc()
             events.put(Failed(resource_message(e)))
+
+    def _work(self, req: EditRequest, stop: threading.Event, events: queue.Queue) -> None:
+        t0 = time.perf_counter()
+        with self.lock, warnings.catch_warnings(record=True) as caught:   # one run at a time, so the
+            warnings.simplefilter("always")                               # process-wide catch is ours
+            results = []
+            total = sum(c.steps for c in req.configs)
+            done_before = 0
+            for method, cfg in zip(req.methods, req.configs):
+                if stop.is_set():
+                    break
+                md = self._one(req, method, cfg, stop, events, done_before, total)
+                results.append(md)
+                events.put(md)
+                done_before += cfg.steps
+                if md.cancelled:
+                    break
+        events.put(Done(results, stop.is_set() or any(r.cancelled for r in results), _messages(caught),
+                        time.perf_counter() - t0))
+
+    def _scene_work(self, req: "SceneRequest", stop: threading.Event, events: queue.Queue) -> None:
+        from ..scene.edit import edit_scene
+        from ..scene.outputs import render_orbit
+        from ..scene.store import load_scene
+
+        t0 = time.perf_counter()
+        steps = req.config.steps
+        every = max(1, steps // max(1, self.frames))
+        out = self._fresh_dir("scenes", f"{safe_stem(req.scene_name)}.{req.method.replace('+', '-')}")
+        state = {"t1": None}
+
+        def on_step(step, info):
+            now = time.perf_counter()
+            if step == 1:
+                state["t1"] = now
+            sps = (now - state["t1"]) / (step - 1) if step > 1 else now - t0
+            events.put(Progress(req.method, step, steps, step, steps, sps * (steps - step)))
+            if step % every == 0 or step == steps:
+                rgb = info["render"][0].detach().clamp(0, 1).mul(255).round().byte().cpu().numpy()
+                events.put(Frame(req.method, step, Image.fromarray(rgb)))
+
+        with self.lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = edit_scene(self.prior, req.scene_dir, req.source, req.target, out / "scene", req.config,
+                             should_stop=stop.is_set, progress=False, callback=on_step)
+            source = load_scene(req.scene_dir)
+            h, w = source.data.get("size") or (64, 64)
+            upscale = max(1, -(-256 // max(1, min(int(h), int(w)))))
+            videos = render_orbit(res.scene, req.orbit_frames, out / "orbit", compare=source, upscale=upscale,
+                                  progress=False)
+        events.put(SceneDone(out, {k: Path(v) for k, v in videos.items()}, res.cancelled, res.steps_done,
+                             _messages(caught), time.perf_counter() - t0))
 
     def _one(self, req: EditRequest, method: str, cfg, stop, events, done_before: int, total: int) -> MethodDone:
         from .. import edit2d
@@ -408,25 +533,34 @@ class EditRunner:
 
     def _run_dir(self, req: EditRequest) -> Path:
         if req.run_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            base = self.out_dir / "runs"
-            base.mkdir(parents=True, exist_ok=True)
-            n = 0
-            while True:
-                d = base / (f"{stamp}-{safe_stem(req.image_name)}" + (f"-{n}" if n else ""))
-                try:
-                    d.mkdir()
-                    break
-                except FileExistsError:
-                    n += 1
-            req.run_dir = d
+            req.run_dir = self._fresh_dir("runs", safe_stem(req.image_name))
         return req.run_dir
+
+    def _fresh_dir(self, kind: str, name: str) -> Path:
+        """A new folder out_dir/<kind>/<time>-<name>[-n] (never an existing one)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = self.out_dir / kind
+        base.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            d = base / (f"{stamp}-{name}" + (f"-{n}" if n else ""))
+            try:
+                d.mkdir()
+                return d
+            except FileExistsError:
+                n += 1
 
 
 def safe_stem(name: str) -> str:
     """A file name's stem reduced to [A-Za-z0-9._-] (uploads can be named anything)."""
     stem = Path(str(name)).stem
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+
+
+def _messages(caught) -> list[str]:
+    """Warnings recorded during a run, one line each, without library deprecation notes."""
+    return _unique(" ".join(str(w.message).split()) for w in caught
+                   if not issubclass(w.category, (DeprecationWarning, FutureWarning)))
 
 
 def _unique(lines) -> list[str]:

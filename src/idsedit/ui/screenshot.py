@@ -48,8 +48,7 @@ def take(out_png: Path, *, model=None, example: int = 0, method: str = "ids", co
     try:
         wait = WebDriverWait(driver, timeout_s, poll_frequency=0.25)
         driver.get(url)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button, #examples img"))
-        thumbs = driver.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item, #examples img")
+        thumbs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button.thumbnail-item"))
         thumbs[example].click()
         status = lambda d: d.find_element(By.CSS_SELECTOR, "#status").text.strip()  # noqa: E731
         wait.until(lambda d: "ready" in status(d))
