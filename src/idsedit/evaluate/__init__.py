@@ -13,12 +13,11 @@ pairing, cost, resume), report (statistics and tables), figures (grid and plots)
 presets, pairs (user data), cli (`add_arguments` / `cli_main`).
 """
 
-from .cases import (FAMILIES, ShapesEditCase, colour_edit_cases, make_case, make_cases,  # noqa: F401
-                    render_image)
+from .cases import FAMILIES, ShapesEditCase, make_case, make_cases, render_image  # noqa: F401
 from .cli import add_arguments, cli_main  # noqa: F401
 from .figures import figure_grid  # noqa: F401
 from .methods import ALL_METHODS, AUTHOR_SETTINGS, EvalRun, build_runs, make_run, parse_methods  # noqa: F401
-from .legacy import format_table, run_cases, summarize  # noqa: F401  (the first evaluation's API, used by demo)
+from .legacy import colour_edit_cases, format_table, run_cases, summarize  # noqa: F401  (the first evaluation's API, used by demo)
 from .report import paired_differences  # noqa: F401
 from .report import summarize as summarize_ci  # noqa: F401
 from .runner import PairedSampler, UNetCost, count_unet, run_edit, run_evaluation  # noqa: F401

@@ -125,11 +125,6 @@ def make_cases(families, per_family: int, seed: int = 0) -> list[ShapesEditCase]
     return [make_case(f, seed, i) for i in range(per_family) for f in families]
 
 
-def colour_edit_cases(n: int, seed: int = 0) -> list[ShapesEditCase]:
-    """n seeded colour edits (the first evaluation's cases: "a red cube" -> "a blue cube")."""
-    return [make_case("colour", seed, i) for i in range(n)]
-
-
 def render_image(params, size: int) -> Image.Image:
     """The scene rendered as a PIL RGB image."""
     from ..shapes import render

@@ -1,5 +1,6 @@
-"""The first evaluation's API, kept for `idsedit demo` and API users: run_cases (edit_image per case and config,
-flat rows), summarize (plain rates and means per method) and format_table. New code uses
+"""The first evaluation's API, kept for `idsedit demo`, API users and reproducing docs/first-signal-*:
+colour_edit_cases (its 20 cases), run_cases (edit_image per case and config, flat rows), summarize (plain rates and
+means per method) and format_table. New code uses
 :func:`idsedit.evaluate.run_evaluation` and :func:`idsedit.evaluate.report.summarize` (bootstrap CIs).
 """
 
@@ -11,6 +12,22 @@ import numpy as np
 
 from ..edit2d import EditConfig, edit_image
 from .cases import ShapesEditCase, render_image
+
+
+def colour_edit_cases(n: int, seed: int = 0) -> list[ShapesEditCase]:
+    """The first evaluation's n colour edits (docs/first-signal-*): scenes drawn in sequence from one generator
+    seeded ``seed``, each main object recoloured to a different random named colour. New code uses
+    :func:`idsedit.evaluate.cases.make_cases` (a seed per case, six families)."""
+    from ..shapes import COLORS, caption, sample_scene, with_changes
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        p = sample_scene(rng)
+        new = str(rng.choice([c for c in COLORS if c != p.main.color]))
+        q = with_changes(p, color=new)
+        cases.append(ShapesEditCase(f"{seed}-{i:03d}", p, q, caption(p), caption(q), "color"))
+    return cases
 
 
 def run_cases(prior, cases: list[ShapesEditCase], configs: dict[str, EditConfig], *, evaluator=None,
