@@ -114,6 +114,8 @@ def cli_main(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=ResourceWarning)   # asyncio's event-loop notes from the server
     if not 0 < args.port < 65536:
         raise IdseditError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_queue < 1:
+        raise IdseditError(f"--max-queue must be >= 1, got {args.max_queue}")
     check_port(args.host, args.port)                       # before the model loads: fail in a second
     out_dir = prepare_out(args.out)
     from ..prior import check_device, load_prior, quiet_libraries

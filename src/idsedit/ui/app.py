@@ -225,11 +225,10 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
                     gr.update(value=display(b), visible=two, label=label_b),
                     _residual_frame(res), paths or None)
 
-        run_event = run.click(edit, [upload, source, target, method, compare, steps, guidance, fpr_iters,
-                                     fpr_lambda, fpr_mode, seed, mask_file, editor],
-                              [status, live, out_source, out_a, out_b, plot, files], api_name="edit",
-                              concurrency_limit=1, concurrency_id="model", show_progress="full",
-                              show_progress_on=[live])
+        run.click(edit, [upload, source, target, method, compare, steps, guidance, fpr_iters, fpr_lambda, fpr_mode,
+                         seed, mask_file, editor],
+                  [status, live, out_source, out_a, out_b, plot, files], api_name="edit",
+                  concurrency_limit=1, concurrency_id="model", show_progress="full", show_progress_on=[live])
 
         def stop(request: gr.Request):
             session = getattr(request, "session_hash", None) or "api"
@@ -238,7 +237,6 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
             return gr.update()
 
         cancel.click(stop, None, [status], queue=False, api_name="cancel")
-        app.run_event = run_event
         if scenes_root is not None and scene_available():
             scene_tab(runner, Path(scenes_root))
     return app
