@@ -457,9 +457,12 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
     port = _free_port()
     out = tmp_path / "ui-out"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    import signal
+
     proc = subprocess.Popen([sys.executable, "-m", "idsedit", "ui", "--model", str(TINY_MODEL), "--port", str(port),
                              "--out", str(out), "--device", "cpu"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C as a terminal
     try:
         deadline, page = time.time() + 90, None
         while time.time() < deadline and proc.poll() is None:
@@ -469,11 +472,16 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
             except OSError:
                 time.sleep(0.3)
         assert page is not None and "idsedit" in page, proc.stdout.read() if proc.poll() is not None else ""
-        listening = [c for c in _listeners(port)]
+        listening = _listeners(port)
         assert listening and all(addr == "127.0.0.1" for addr in listening)
+        proc.send_signal(signal.SIGINT)                              # Ctrl-C: the server closes, exit code 0
+        log, _ = proc.communicate(timeout=30)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, log
+    assert f"idsedit ui: http://127.0.0.1:{port}/" in log and "Traceback" not in log
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ui-out"]
     assert (out / "examples").is_dir() and (out / "cache").is_dir()
 

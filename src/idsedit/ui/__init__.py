@@ -98,12 +98,23 @@ def create(prior, out_dir: str | os.PathLike, *, examples: bool = True, max_queu
     return app, runner
 
 
-def launch(app, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
-    """Start serving; returns (app, local url). ``block=False`` returns at once (tests)."""
+MAX_UPLOAD = "64mb"
+"""Largest upload the server accepts (images larger than load_image's 40 MP limit are refused anyway)."""
+
+
+def launch(app, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           on_ready=None):
+    """Start serving; returns the local URL. ``block=False`` returns at once (tests); with ``block=True``
+    ``on_ready(local_url, share_url)`` is called once the server listens (share_url None without --share)."""
     from .app import CSS
 
-    _, url, _ = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                           quiet=True, show_error=False, inbrowser=False, css=CSS, footer_links=["api"])
+    _, url, share_url = app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
+                                   quiet=True, show_error=False, inbrowser=False, css=CSS, footer_links=["api"],
+                                   max_file_size=MAX_UPLOAD)
+    if block:
+        if on_ready is not None:
+            on_ready(url, share_url)
+        app.block_thread()
     return url
 
 
@@ -125,9 +136,13 @@ def cli_main(args: argparse.Namespace) -> int:
     with quiet_libraries():
         prior = load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     app, _ = create(prior, out_dir, max_queue=args.max_queue, scenes=args.scenes)
-    print(f"idsedit ui: http://{args.host}:{args.port} (Ctrl-C to stop); files go to {out_dir}", flush=True)
+    def ready(url, share_url):
+        print(f"idsedit ui: {url} (Ctrl-C to stop); files go to {out_dir}", flush=True)
+        if share_url:
+            print(f"public link (anyone with it can use this app): {share_url}", flush=True)
+
     try:
-        launch(app, host=args.host, port=args.port, share=args.share, block=True)
+        launch(app, host=args.host, port=args.port, share=args.share, block=True, on_ready=ready)
     except OSError as e:
         raise IdseditError(f"cannot listen on {args.host}:{args.port} ({' '.join(str(e).split())}): choose "
                            "another --port") from None
