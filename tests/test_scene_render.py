@@ -119,3 +119,28 @@ def test_field_upsample_keeps_values_and_occupancy_prunes():
             q.fill_(1.0)
     assert f.update_occupancy(0.01) == 0.0
     assert not f.occupied(p).any()
+
+
+def test_edit_scores_hand_computed():
+    """score_view on a 2x2 image: one object pixel (mask) that moved to the target colour, one wrong pixel outside."""
+    import numpy as np
+
+    from idsedit.scene.evaluate import ViewTruth, mean_ci, score_view
+
+    src = np.zeros((2, 2, 3))
+    trg = src.copy()
+    trg[0, 0] = [0.0, 0.0, 1.0]                       # the object: black -> blue
+    mask = np.array([[True, False], [False, False]])
+    gt_depth = np.array([[2.0, np.inf], [3.0, np.inf]])
+    rgb = trg.copy()
+    rgb[1, 1] = [0.1, 0.0, 0.0]                       # an error outside the object
+    depth = np.array([[2.5, np.inf], [3.0, 4.0]])
+    opacity = np.array([[1.0, 0.0], [1.0, 1.0]])
+    s = score_view(rgb, depth, opacity, ViewTruth(src, trg, mask, gt_depth))
+    assert s["edit_success"] == 1.0
+    assert s["psnr_outside"] == pytest.approx(-10 * math.log10(0.01 / 9))     # 1 wrong value in 3 pixels x 3
+    assert s["psnr_to_target"] == pytest.approx(-10 * math.log10(0.01 / 12))
+    assert s["depth_abs_err"] == pytest.approx(0.25)                           # (0.5 + 0) / 2
+    assert s["surface_iou"] == pytest.approx(2 / 3)
+    mu, hw = mean_ci([1.0, 2.0, 3.0])
+    assert mu == 2.0 and hw == pytest.approx(1.96 / math.sqrt(3))

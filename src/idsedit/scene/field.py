@@ -215,7 +215,7 @@ class TensoRF(nn.Module):
         return float(((self.hi - self.lo) / torch.tensor(self.occupancy.shape, dtype=torch.float32)).min())
 
     @torch.no_grad()
-    def update_occupancy(self, step_size: float, alpha_threshold: float = 1e-4, samples_per_cell: int = 2,
+    def update_occupancy(self, step_size: float, alpha_threshold: float = 1e-3, samples_per_cell: int = 2,
                          generator: torch.Generator | None = None, chunk: int = 1 << 18) -> float:
         """Mark cells whose max alpha = 1 - exp(-sigma step) over a few points exceeds the threshold (dilated by
         one cell); returns the occupied fraction."""

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 WEIGHT_EPS = 1e-4          # samples with a smaller weight get no colour evaluation (they cannot matter)
+TRANS_EPS = 1e-4           # samples the ray reaches with less transmittance are dropped (early termination)
 NO_SURFACE_OPACITY = 0.5   # depth files: +inf where the opacity is below this
 
 
@@ -120,12 +121,28 @@ def sample_rays(field, o: Tensor, d: Tensor, step: float, jitter: Tensor | None 
     return ray, slot, tk, pts
 
 
+def _transmittance(sigma: Tensor, step: float | Tensor) -> tuple[Tensor, Tensor]:
+    """(T_i, alpha_i) of padded per-ray samples sigma (R, K)."""
+    tau = sigma * step
+    trans = torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], 1), 1))
+    return trans, 1 - torch.exp(-tau)
+
+
+def _repack(ray: Tensor, R: int) -> Tensor:
+    """Slots 0, 1, ... of each ray's samples, for ``ray`` sorted."""
+    counts = torch.bincount(ray, minlength=R)
+    start = torch.cumsum(counts, 0) - counts
+    return torch.arange(ray.shape[0]) - start[ray]
+
+
 def render_rays(field, o: Tensor, d: Tensor, step: float, *, jitter: Tensor | None = None, near: float = 0.0,
-                weight_eps: float = WEIGHT_EPS) -> RenderOutput:
+                weight_eps: float = WEIGHT_EPS, trans_eps: float = TRANS_EPS) -> RenderOutput:
     """Render rays (R, 3) through ``field`` (a TensoRF-like module: lo, hi, occupied, density, colour, background).
 
-    Colour is evaluated only at samples whose weight (computed without gradient first) exceeds ``weight_eps``;
-    gradients flow to density everywhere and to colour where it is evaluated.
+    A first pass without gradient finds the samples that matter: those the ray still reaches (T_i > trans_eps;
+    samples behind an opaque surface are dropped, "early ray termination") and, among them, those whose weight
+    exceeds ``weight_eps`` (the only ones whose colour is evaluated). The second pass evaluates density (and
+    colour) of those samples with gradients.
     """
     R = o.shape[0]
     ray, slot, tk, pts = sample_rays(field, o, d, step, jitter, near)
@@ -133,21 +150,25 @@ def render_rays(field, o: Tensor, d: Tensor, step: float, *, jitter: Tensor | No
     if ray.numel() == 0:
         z = torch.zeros(R, device=o.device)
         return RenderOutput(bg, torch.full((R,), math.inf), z, 0)
-    K = int(slot.max()) + 1
+    with torch.no_grad():
+        K = int(slot.max()) + 1
+        sig0 = torch.zeros(R, K).index_put((ray, slot), field.density(pts))
+        trans, alpha = _transmittance(sig0, step)
+        reach = trans[ray, slot] > trans_eps
+        shade = ((trans * alpha)[ray, slot] > weight_eps)[reach]
+    n_samples = int(ray.numel())
+    ray, tk, pts = ray[reach], tk[reach], pts[reach]
+    slot = _repack(ray, R)
+    K = int(slot.max()) + 1 if slot.numel() else 1
     sig = field.density(pts)
     sigma = torch.zeros(R, K, dtype=sig.dtype).index_put((ray, slot), sig)
     t = torch.zeros(R, K).index_put((ray, slot), tk)
-    with torch.no_grad():
-        tau = sigma.detach() * step
-        trans = torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], 1), 1))
-        w = (trans * (1 - torch.exp(-tau)))[ray, slot]
-        keep = w > weight_eps
     rgb = torch.zeros(R, K, 3, dtype=sig.dtype)
-    if bool(keep.any()):
-        c = field.colour(pts[keep], d[ray[keep]])
-        rgb = rgb.index_put((ray[keep], slot[keep]), c)
+    if bool(shade.any()):
+        c = field.colour(pts[shade], d[ray[shade]])
+        rgb = rgb.index_put((ray[shade], slot[shade]), c)
     out = composite(sigma, rgb, t, step, bg)
-    out.n_samples = int(ray.numel())
+    out.n_samples = n_samples
     return out
 
 
