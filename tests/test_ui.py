@@ -422,9 +422,11 @@ def test_gradio_client_calls_the_same_endpoint(server, files):
                        None, None, api_name="/edit")
 
 
-def test_one_run_at_a_time_with_queue_position(server, files):
-    """A second client waits in the queue (its position is reported) until the first run ends."""
+def test_one_run_at_a_time_with_queue_position(server, driver, files):
+    """While an API client's run holds the model, a browser's run waits in the queue and the page shows its
+    position; it runs once the first is cancelled. A second API client sees its rank too."""
     from gradio_client import Client, handle_file
+    from selenium.webdriver.common.by import By
 
     a, b = Client(server["url"] + "/", verbose=False), Client(server["url"] + "/", verbose=False)
     args = (SRC, TRG, "dds", "none")
@@ -433,19 +435,22 @@ def test_one_run_at_a_time_with_queue_position(server, files):
     deadline = time.time() + 30
     while not server["runner"].running() and time.time() < deadline:
         time.sleep(0.05)
+    assert server["runner"].running()
+    _page(driver, server["url"])
+    _fill(driver, files["image"], steps=2)
+    _wait(driver, lambda d: "ready" in _status(d), 20, "the upload preview")
+    _css(driver, "#run").click()
+    _wait(driver, lambda d: "queue: 1/" in _css(d, "#live").text, 20, "the queue position in the page")
     job_b = b.submit(handle_file(str(files["image"])), *args, 2, 7.5, 3, 1.0, "exact", 0, None, None,
                      api_name="/edit")
-    ranks = []
-    while time.time() < deadline and not job_b.done():
-        st = job_b.status()
-        if st.rank is not None:
-            ranks.append(st.rank)
-        if ranks:
-            break
+    rank = None
+    while time.time() < deadline and rank is None:
+        rank = job_b.status().rank
         time.sleep(0.05)
-    assert ranks and ranks[0] >= 0 and not job_b.done()          # queued behind a, which holds the model
+    assert rank is not None and rank >= 1 and not job_b.done()     # behind the browser's request
     a.predict(api_name="/cancel")
-    assert job_a.result(timeout=30)[0].startswith("cancelled")
+    assert job_a.result(timeout=30)[0].startswith("cancelled; dds: cancelled after")
+    _wait(driver, lambda d: _status(d).startswith("done; ids: 2 steps"), 60, "the queued browser run")
     assert job_b.result(timeout=60)[0].startswith("done; dds: 2 steps")
 
 
