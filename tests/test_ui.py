@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -68,6 +67,21 @@ def test_request_checks_speak_the_clis_words(files):
                             mask_path=files["mask"])
     assert req.methods == ["ids", "dds"] and [c.steps for c in req.configs] == [3, 3]
     assert req.mask.size == req.image.size and req.mask.getpixel((0, 0)) == 255 and req.mask.getpixel((63, 0)) == 0
+
+
+def test_input_and_prompt_warnings_reach_the_page(files, tiny_prior, tmp_path):
+    """Warnings the CLI prints (transparency flattened, prompt too long) are collected, one line each, naming the
+    upload by its own name."""
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (255, 0, 0, 255)
+    path = tmp_path / "upload-dir" / "logo.png"
+    path.parent.mkdir()
+    Image.fromarray(rgba).save(path)
+    req = EditRequest.check(path, SRC, TRG, display_name="logo.png")
+    assert req.notes == ["logo.png has transparent pixels; they are composited on a white background"]
+    assert req.image.getpixel((0, 0)) == (255, 255, 255) and req.image.getpixel((16, 16)) == (255, 0, 0)
+    notes = EditRunner(tiny_prior, tmp_path / "out").prompt_notes("a red cube " * 40, TRG)
+    assert len(notes) == 1 and notes[0].startswith("the source prompt has") and "limit of 77" in notes[0]
 
 
 def test_settings_then_variant_overrides():

@@ -146,11 +146,12 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
             if not path:
                 return None, ""
             try:
-                req_image = _load_for_preview(path)
+                req_image, notes = _load_for_preview(path)
             except IdseditError as e:
                 return None, _status(str(e), "error")
+            line = f"{Path(path).name}: {req_image.width}x{req_image.height}, ready"
             return {"background": req_image, "layers": [], "composite": None}, \
-                _status(f"{Path(path).name}: {req_image.width}x{req_image.height}, ready")
+                _status(line + "".join(f"\n\nwarning: {m}" for m in notes))
 
         upload.change(preview, [upload], [editor, status], concurrency_limit=None, api_visibility="private",
                       show_progress="hidden")
@@ -243,12 +244,14 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
 
 
 def _load_for_preview(path):
-    from .jobs import _renamed_errors
+    """(image, warnings) of an upload, with errors and warnings naming the file by its own name."""
     from ..images import load_image
+    from .jobs import named_as
 
     p = Path(str(path))
-    with _renamed_errors(p, p.name):
-        return load_image(p)
+    with named_as(p, p.name) as notes:
+        image = load_image(p)
+    return image, notes
 
 
 def make_examples(out_dir: Path, resolution: int, n: int = 6):

@@ -18,9 +18,10 @@ import re
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -102,6 +103,7 @@ class EditRequest:
     mask: Image.Image | None = None
     configs: list = field(default_factory=list)
     run_dir: Path | None = None          # set by the runner: where this request's files go
+    notes: list = field(default_factory=list)   # warnings about the input (e.g. transparency flattened)
 
     @classmethod
     def check(cls, image_path, source, target, *, method="ids", compare_with=None, steps=None, guidance=None,
@@ -117,7 +119,7 @@ class EditRequest:
             raise IdseditError("no image: upload an image (PNG, JPEG, WebP, ...) or pick an example")
         path = Path(str(image_path))
         name = display_name or path.name
-        with _renamed_errors(path, name):
+        with named_as(path, name) as notes:
             image = load_image(path)
         for what, prompt in (("source", source), ("target", target)):
             if prompt is None or not str(prompt).strip():
@@ -142,26 +144,46 @@ class EditRequest:
         mask = None
         if mask_path not in (None, ""):
             mpath = Path(str(mask_path))
-            with _renamed_errors(mpath, mpath.name):
+            with named_as(mpath, mpath.name) as mask_notes:
                 mask = load_mask(mpath, image.size)
+            notes += mask_notes
         elif painted_mask is not None:
             mask = painted_mask.convert("L").resize(image.size, Image.Resampling.BILINEAR)
-        return cls(image, name, str(source).strip(), str(target).strip(), methods, settings, mask, configs)
+        return cls(image, name, str(source).strip(), str(target).strip(), methods, settings, mask, configs,
+                   notes=notes)
 
 
-class _renamed_errors:
-    """Re-raise IdseditErrors with the server-side upload path replaced by the file's own name."""
+@contextmanager
+def named_as(path, name: str) -> Iterator[list]:
+    """Inside: IdseditErrors and warnings that name the server-side upload ``path`` name the file as the user
+    knows it (``name``). Yields the list of warnings raised inside, one line each, for the page to show."""
+    notes: list[str] = []
+    try:
+        with recorded_warnings() as caught:
+            try:
+                yield notes
+            except IdseditError as e:
+                if str(path) in str(e):
+                    raise type(e)(str(e).replace(str(path), name)) from None
+                raise
+    finally:
+        notes += [m.replace(str(path), name) for m in caught]     # filled when recorded_warnings exits
 
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = str(path), name
 
-    def __enter__(self):
-        return self
+_WARNINGS_LOCK = threading.Lock()
 
-    def __exit__(self, typ, e, tb):
-        if e is not None and isinstance(e, IdseditError) and self.path in str(e):
-            raise type(e)(str(e).replace(self.path, self.name)) from None
-        return False
+
+@contextmanager
+def recorded_warnings() -> Iterator[list]:
+    """Record the warnings raised inside (one line each) instead of printing them. ``warnings.catch_warnings``
+    swaps process-wide state, so these blocks are kept short (a file check, a prompt check) and serialised."""
+    lines: list[str] = []
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield lines
+        finally:
+            lines += _messages(caught)
 
 
 @dataclass
@@ -343,6 +365,14 @@ class EditRunner:
             total += sps * cfg.steps
         return total
 
+    def prompt_notes(self, source: str, target: str) -> list[str]:
+        """The prior's one-line warnings about the prompts (e.g. words a closed-vocabulary prior does not know,
+        a prompt longer than the text encoder's limit), for the page."""
+        with recorded_warnings() as notes:
+            self.prior.check_prompt(source, "source prompt")
+            self.prior.check_prompt(target, "target prompt")
+        return notes
+
     # ---------------------------------------------------------------- cancel
     def running(self) -> list[str]:
         """Sessions with a run in progress (at most one holds the model; the others wait for its lock)."""
@@ -412,8 +442,8 @@ class EditRunner:
 
     def _work(self, req: EditRequest, stop: threading.Event, events: queue.Queue) -> None:
         t0 = time.perf_counter()
-        with self.lock, warnings.catch_warnings(record=True) as caught:   # one run at a time, so the
-            warnings.simplefilter("always")                               # process-wide catch is ours
+        notes = req.notes + self.prompt_notes(req.source, req.target)
+        with self.lock:
             results = []
             total = sum(c.steps for c in req.configs)
             done_before = 0
@@ -426,7 +456,7 @@ class EditRunner:
                 done_before += cfg.steps
                 if md.cancelled:
                     break
-        events.put(Done(results, stop.is_set() or any(r.cancelled for r in results), _messages(caught),
+        events.put(Done(results, stop.is_set() or any(r.cancelled for r in results), _unique(notes),
                         time.perf_counter() - t0))
 
     def _scene_work(self, req: "SceneRequest", stop: threading.Event, events: queue.Queue) -> None:
@@ -450,8 +480,8 @@ class EditRunner:
                 rgb = info["render"][0].detach().clamp(0, 1).mul(255).round().byte().cpu().numpy()
                 events.put(Frame(req.method, step, Image.fromarray(rgb)))
 
-        with self.lock, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        notes = self.prompt_notes(req.source, req.target)
+        with self.lock:
             res = edit_scene(self.prior, req.scene_dir, req.source, req.target, out / "scene", req.config,
                              should_stop=stop.is_set, progress=False, callback=on_step)
             source = load_scene(req.scene_dir)
@@ -460,7 +490,7 @@ class EditRunner:
             videos = render_orbit(res.scene, req.orbit_frames, out / "orbit", compare=source, upscale=upscale,
                                   progress=False)
         events.put(SceneDone(out, {k: Path(v) for k, v in videos.items()}, res.cancelled, res.steps_done,
-                             _messages(caught), time.perf_counter() - t0))
+                             notes, time.perf_counter() - t0))
 
     def _one(self, req: EditRequest, method: str, cfg, stop, events, done_before: int, total: int) -> MethodDone:
         from .. import edit2d
