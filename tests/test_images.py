@@ -358,3 +358,78 @@ def test_messages_are_single_line(tmp_path):
     with pytest.raises(InputImageError) as info:
         load_image(tmp_path / "x.png")
     assert "\n" not in str(info.value) and "x.png" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------- issue 11
+def test_folder_suffixes_are_exactly_those_load_image_reads(tmp_path):
+    """One shared list: every suffix Pillow registers for a format load_image opens, and each of them is read."""
+    from idsedit.images import IMAGE_SUFFIXES, READ_FORMATS
+
+    registered = {ext for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS and fmt in Image.OPEN}
+    assert set(IMAGE_SUFFIXES) == registered
+    assert {".tif", ".tiff", ".gif", ".webp", ".bmp", ".png", ".jpg", ".jpeg", ".ppm", ".tga"} <= set(IMAGE_SUFFIXES)
+    for i, name in enumerate(["a.tif", "b.TIFF", "c.gif", "d.ppm", "e.tga", "f.webp", "g.bmp"]):
+        _gradient().save(tmp_path / name)
+    found = list_images(tmp_path)
+    assert [p.name for p in found] == ["a.tif", "b.TIFF", "c.gif", "d.ppm", "e.tga", "f.webp", "g.bmp"]
+    for p in found:
+        assert _load_quiet(p)[0].size == (40, 30)
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+def _new_set(tmp_path):
+    """Temporaries for a new a.png (file), b/ (folder with one file) and c.json; the old set exists already."""
+    from idsedit.images import temp_near
+
+    moves = []
+    for name, data in (("a.png", b"new-a"), ("c.json", b"new-c")):
+        tmp = temp_near(tmp_path / name)
+        tmp.write_bytes(data)
+        moves.append((tmp, tmp_path / name))
+    d = temp_near(tmp_path / "b", folder=True)
+    (d / "f1").write_bytes(b"new-f1")
+    moves.insert(1, (d, tmp_path / "b"))
+    return moves
+
+
+def _old_set(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"old-a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f0").write_bytes(b"old-f0")
+    (tmp_path / "c.json").write_bytes(b"old-c")
+    (tmp_path / "stale.png").write_bytes(b"stale")
+
+
+def test_replace_together_replaces_files_and_folders_and_removes_stale(tmp_path):
+    from idsedit.images import replace_together
+
+    _old_set(tmp_path)
+    replace_together(_new_set(tmp_path), remove=[tmp_path / "stale.png"])
+    assert _tree(tmp_path) == {"a.png": b"new-a", "b": None, "b/f1": b"new-f1", "c.json": b"new-c"}
+
+
+@pytest.mark.parametrize("failing", range(1, 8))
+def test_replace_together_is_all_or_nothing(tmp_path, monkeypatch, failing):
+    """The k-th rename fails: the old set (files, folder, the file to remove) is back exactly, no temporaries."""
+    from idsedit.images import replace_together
+
+    _old_set(tmp_path)
+    before = _tree(tmp_path)
+    moves = _new_set(tmp_path)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == failing:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        replace_together(moves, remove=[tmp_path / "stale.png"])
+    monkeypatch.setattr(os, "replace", real)
+    assert _tree(tmp_path) == before
