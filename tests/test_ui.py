@@ -473,9 +473,18 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
     import sys
     import urllib.request
 
+    from gradio_client import Client, handle_file
+
     port = _free_port()
     out = tmp_path / "ui-out"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    home, tmp = tmp_path / "home", tmp_path / "tmp"            # where a library might write behind our back
+    home.mkdir()
+    tmp.mkdir()
+    image = tmp_path / "cube.png"
+    render_examples(tmp_path / "render", size=64, n=1)[0].path.rename(image)
+    shutil.rmtree(tmp_path / "render")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HOME=str(home), TMPDIR=str(tmp),
+               XDG_CACHE_HOME=str(home / ".cache"))
     import signal
 
     proc = subprocess.Popen([sys.executable, "-m", "idsedit", "ui", "--model", str(TINY_MODEL), "--port", str(port),
@@ -493,6 +502,10 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
         assert page is not None and "idsedit" in page, proc.stdout.read() if proc.poll() is not None else ""
         listening = _listeners(port)
         assert listening and all(addr == "127.0.0.1" for addr in listening)
+        status = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(str(image)), SRC, TRG, "ids", "none", 2, 7.5, 1, 1.0, "exact", 0, None, None,
+            api_name="/edit")[0]
+        assert status.startswith("done; ids: 2 steps")
         proc.send_signal(signal.SIGINT)                              # Ctrl-C: the server closes, exit code 0
         log, _ = proc.communicate(timeout=30)
     finally:
@@ -501,8 +514,12 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
             proc.wait(timeout=30)
     assert proc.returncode == 0, log
     assert f"idsedit ui: http://127.0.0.1:{port}/" in log and "Traceback" not in log
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ui-out"]
-    assert (out / "examples").is_dir() and (out / "cache").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.png", "home", "tmp", "ui-out"]
+    assert [str(p) for p in home.rglob("*")] == []
+    # `import torch` itself creates an empty $TMPDIR/torchinductor_<user> (any torch program does); nothing else
+    assert [p for p in tmp.rglob("*") if not (p.is_dir() and p.name.startswith("torchinductor_"))] == []
+    assert [p for p in tmp.rglob("*") if p.is_file()] == []
+    assert (out / "examples").is_dir() and (out / "cache").is_dir() and list((out / "runs").rglob("*.ids.json"))
 
 
 def _listeners(port: int) -> list[str]:

@@ -48,8 +48,8 @@ def check_gradio() -> None:
 
 
 def prepare_out(out: str | os.PathLike | None) -> Path:
-    """Create the output folder and point Gradio's upload/cache folder inside it (before gradio is imported
-    anywhere), so nothing is written outside it."""
+    """Create the output folder and point Gradio's upload/cache folder (and matplotlib's, which Gradio imports)
+    inside it, before gradio is imported, so nothing is written outside it."""
     from .jobs import DEFAULT_OUT
 
     out_dir = Path(out or DEFAULT_OUT).expanduser().resolve()
@@ -61,6 +61,8 @@ def prepare_out(out: str | os.PathLike | None) -> Path:
         raise IdseditError(f"cannot create --out {out_dir}: {e.strerror or e}") from None
     os.environ["GRADIO_TEMP_DIR"] = str(out_dir / "cache")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MPLCONFIGDIR", str(out_dir / "cache" / "matplotlib"))  # gradio imports matplotlib,
+    #                                                                  which would write ~/.cache and ~/.config
     return out_dir
 
 
