@@ -199,6 +199,22 @@ class TensoRF(nn.Module):
                                                       align_corners=True))
         self.config.resolution = res
 
+    def tv(self, which: str = "density") -> Tensor:
+        """Total variation of the grids: the mean squared difference of neighbouring cells of every plane (both
+        axes) and line, summed over components."""
+        planes, lines = (self.density_planes, self.density_lines) if which == "density" else \
+            (self.app_planes, self.app_lines)
+        out = 0.0
+        for p in planes:
+            out = out + (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean() + (p[..., 1:] - p[..., :-1]).pow(2).mean()
+        for v in lines:
+            out = out + (v[:, :, 1:] - v[:, :, :-1]).pow(2).mean()
+        return out
+
+    def l1_density(self) -> Tensor:
+        """Mean |value| of the density planes and lines (TensoRF's sparsity term), summed over components."""
+        return sum(p.abs().mean() for p in self.density_planes) + sum(v.abs().mean() for v in self.density_lines)
+
     # ------------------------------------------------------------------------------------------- occupancy
     def occupied(self, points: Tensor) -> Tensor:
         """Whether each world point (N, 3) lies in an occupied cell of the occupancy grid (False outside)."""

@@ -54,7 +54,9 @@ class FitConfig:
     lr_env: float = 1e-3            # Adam learning rate of the learned background: slow, so that surfaces of uniform
                                     # colour (a floor) become geometry before the background can imitate them
     lr_decay: float = 0.1           # final / initial learning rate (exponential decay)
-    l1_density: float = 0.0         # weight of mean |sigma features| (clears floaters)
+    l1_density: float = 0.0         # weight of mean |density plane and line values| (clears floaters)
+    tv_density: float = 0.0         # weight of the density grids' total variation (smooth geometry from few views)
+    tv_app: float = 0.0             # weight of the appearance grids' total variation
     n_voxels_init: int = 48 ** 3    # grid cells at the start (coarse to fine)
     upsample_at: tuple = (100, 250, 500)   # steps at which the grids are upsampled towards n_voxels
     occupancy_start: int = 250      # first occupancy-grid rebuild (all cells are occupied before)
@@ -292,9 +294,14 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
             idx = torch.randint(0, n_rays, (cfg.batch_rays,), generator=gen)
             jitter = torch.rand(cfg.batch_rays, generator=gen)
             res = render_rays(f, o_all[idx], d_all[idx], st, jitter=jitter, near=0.0)
-            loss = ((res.rgb - rgb_all[idx]) ** 2).mean()
+            mse = ((res.rgb - rgb_all[idx]) ** 2).mean()
+            loss = mse
             if cfg.l1_density > 0:
-                loss = loss + cfg.l1_density * sum(p.abs().mean() for p in f.density_planes)
+                loss = loss + cfg.l1_density * f.l1_density()
+            if cfg.tv_density > 0:
+                loss = loss + cfg.tv_density * f.tv("density")
+            if cfg.tv_app > 0:
+                loss = loss + cfg.tv_app * f.tv("app")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -302,7 +309,7 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
             if step == cfg.occupancy_start or (step > cfg.occupancy_start and (
                     (step - cfg.occupancy_start) % cfg.occupancy_every == 0 or step in cfg.upsample_at)):
                 f.update_occupancy(final_step, generator=gen)
-            lv = float(loss.detach())
+            lv = float(mse.detach())
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
             if bar is not None:
                 bar.update(1)
