@@ -216,7 +216,12 @@ def test_quick_preset_end_to_end_writes_every_output(tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     labels = list(summary["summary"])
-    assert labels[:len(ALL_METHODS)] == list(ALL_METHODS) and "ids[N=1]" in labels and "dds[steps=1]" in labels
+    assert labels[:1 + len(ALL_METHODS)] == ["no-edit", *ALL_METHODS] and "ids[N=1]" in labels
+    assert "dds[steps=1]" in labels and "no-edit[steps=1]" not in labels
+    noop = summary["summary"]["no-edit"]
+    assert noop["fe"]["mean"] == 0 and noop["invert_latent_psnr"]["mean"] == 100.0
+    assert noop["psnr_outside"]["mean"] == pytest.approx(np.mean([r["vae_psnr_outside"] for r in rows
+                                                                  if r["label"] == "no-edit"]))
     assert len(rows) == 6 * len(labels) and all(summary["summary"][lab]["n"] == 6 for lab in labels)
     ids = summary["summary"]["ids"]
     assert ids["fe"]["mean"] == 2 * 22 and summary["summary"]["dds"]["fe"]["mean"] == 2 * 4
@@ -231,7 +236,7 @@ def test_quick_preset_end_to_end_writes_every_output(tmp_path, capsys):
     from PIL import Image
 
     grid = Image.open(out / "grid.png")
-    assert grid.size == (112 + (2 + len(ALL_METHODS)) * 128, 14 + 6 * 128)
+    assert grid.size == (112 + (3 + len(ALL_METHODS)) * 128, 14 + 6 * 128)
     assert "wrote" in capsys.readouterr().out
     # rerun: everything is already there, nothing is edited again, same numbers
     before = (out / "rows.jsonl").read_text()

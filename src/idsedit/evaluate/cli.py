@@ -220,8 +220,9 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     baseline = s["baseline"] if s["baseline"] in labels else None
     diffs = paired_differences(rows, baseline, n_boot=s["n_boot"]) if baseline else {}
     fams = family_table(rows)
-    header = {"command": "idsedit eval " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("idsedit") else
-              "idsedit eval (API)", "model": model, "preset": s["preset"],
+    argv = sys.argv[1:]
+    command = "idsedit " + " ".join(argv) if argv[:1] == ["eval"] else "idsedit eval (called from Python)"
+    header = {"command": command, "model": model, "preset": s["preset"],
               "cases": f"{len(cases)} ({', '.join(s['families'])}; {s['per_family']} per family, seed {s['case_seed']})",
               "steps": s["steps"], "A->B->A": "yes" if s["invert"] else "no",
               "VAE round trip, PSNR outside (the ceiling)": _mean_vae(rows),

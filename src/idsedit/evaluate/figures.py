@@ -182,7 +182,7 @@ def plot_ablations(summary: dict, path: Path, keys=("identity_kept", "target_rea
 
 def plot_frontier(summary: dict, path: Path, keys=("identity_kept", "psnr_outside")) -> bool:
     """Quality against UNet forward-equivalents per edit, every run a point (ablations included)."""
-    pts = [(lab, s) for lab, s in summary.items() if "fe" in s]
+    pts = [(lab, s) for lab, s in summary.items() if "fe" in s and s.get("steps") != 0]
     if not pts:
         return False
     plt = _pyplot()

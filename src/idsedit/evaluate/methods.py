@@ -45,6 +45,11 @@ AUTHOR_SETTINGS: dict[str, AuthorSettings] = {
                                   "DreamFusion (Poole et al. 2022): w = 100, t ~ U(0.02, 0.98)"),
 }
 
+NO_EDIT = "no-edit"
+"""The reference run: the source's VAE round trip decode(encode(x)) scored as if it were an edit (0 UNet calls).
+It is the ceiling of every identity metric (what the autoencoder and the evaluator alone lose) and the floor of
+target reached."""
+
 ABLATION_KEYS = {"fpr_iters": "N", "fpr_lambda": "lambda", "steps": "steps", "guidance": "w"}
 """Ablation setting -> the short name used in run labels."""
 
@@ -71,8 +76,10 @@ ALL_METHODS: tuple[str, ...] = tuple(VARIANTS) + tuple(AUTHOR_SETTINGS)
 
 
 def make_run(name: str, base_config) -> EvalRun:
-    """The run for ``name`` (a variant spelling, or ``<variant>@authors``) over ``base_config`` (an EditConfig)."""
+    """The run for ``name`` (a variant spelling, ``<variant>@authors`` or ``no-edit``) over ``base_config``."""
     key = name.strip().lower()
+    if key == NO_EDIT:
+        return EvalRun(NO_EDIT, "none", base_config, None, NO_EDIT)
     if key in AUTHOR_SETTINGS:
         a = AUTHOR_SETTINGS[key]
         cfg = variant_config(a.variant, base_config, **a.edit)
@@ -126,6 +133,8 @@ def _override(cfg, key: str, value):
 def ablation_run(run: EvalRun, changes: dict) -> EvalRun | None:
     """``run`` with the settings in ``changes`` changed (None if any does not apply, e.g. FPR settings on a method
     without FPR, or a value equals the run's own)."""
+    if run.variant == "none":
+        return None
     cfg, parts = run.config, []
     for key, value in changes.items():
         cfg, value = _override(cfg, key, value)
@@ -169,4 +178,4 @@ def build_runs(methods: list[str], base_config, ablations: dict | None = None,
 
 def canonical_key(name: str) -> str:
     key = name.strip().lower()
-    return key if key in AUTHOR_SETTINGS else canonical_variant(key)
+    return key if key in AUTHOR_SETTINGS or key == NO_EDIT else canonical_variant(key)

@@ -37,7 +37,7 @@ def _arr(img: Image.Image) -> np.ndarray:
 
 
 def edit_pair(prior, image: Image.Image, source: str, target: str, config, *, seed: int, t_grid=None,
-              mask: Image.Image | None = None, invert: bool = True) -> dict:
+              mask: Image.Image | None = None, invert: bool = True, noop: bool = False) -> dict:
     """One pair, one run: {"edited": PIL, "seconds", "unet", "fe", peak memory, and the A->B->A fields}."""
     from ..edit2d import edit_latents, image_to_tensor, latent_mask, tensor_to_image
     from ..images import fit_to_model, restore_size
@@ -54,13 +54,13 @@ def edit_pair(prior, image: Image.Image, source: str, target: str, config, *, se
 
     with peak_memory(prior.device) as mem, count_unet(prior.unet) as cost:
         t0 = time.perf_counter()
-        z = edit_latents(prior, z_src, cs, ct, config, sampler=PairedSampler(seed, t_grid), mask=m_lat)
+        z = z_src if noop else edit_latents(prior, z_src, cs, ct, config, sampler=PairedSampler(seed, t_grid), mask=m_lat)
         edited = finish(z)
         seconds = time.perf_counter() - t0
     res = {"edited": edited, "seconds": round(seconds, 4), "unet": cost.record(), "fe": cost.forward_equivalents,
            **mem}
     if invert:
-        z_back = edit_latents(prior, z, ct, cs, config, sampler=PairedSampler(seed + INVERT_SEED_OFFSET, t_grid),
+        z_back = z_src if noop else edit_latents(prior, z, ct, cs, config, sampler=PairedSampler(seed + INVERT_SEED_OFFSET, t_grid),
                               mask=m_lat)
         res.update(invert_psnr=capped_psnr(psnr(_arr(finish(z_back)), _arr(image))),
                    invert_latent_psnr=latent_psnr(z_src.cpu().numpy(), z_back.cpu().numpy()))
@@ -107,7 +107,7 @@ def run_pairs(prior, jobs, runs, out: Path, *, invert: bool = True, lpips=None, 
             img, msk = cache[i]
             cfg = dataclasses.replace(run.config, seed=record["seed"])
             res = edit_pair(prior, img, job.source, job.target, cfg, seed=record["seed"], t_grid=run.t_grid,
-                            mask=msk, invert=invert)
+                            mask=msk, invert=invert, noop=run.variant == "none")
             a, e = _arr(img), _arr(res["edited"])
             keep = None if msk is None else np.asarray(msk.resize(img.size), np.float32) < 128
             row = {"case": name, "family": "pairs", "label": run.label, "variant": run.variant,

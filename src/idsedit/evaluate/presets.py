@@ -19,7 +19,7 @@ from .cases import FAMILIES
 class Preset:
     per_family: int
     steps: int
-    methods: str = "all"
+    methods: str = "no-edit,all"
     families: tuple[str, ...] = FAMILIES
     ablations: dict = field(default_factory=dict)   # setting -> values tried one at a time
     ablate_methods: str = "dds,ids"
@@ -40,7 +40,7 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(per_family=25, steps=200,
                    ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
                               "guidance": [3.0, 15.0]}),
-    "frontier": Preset(per_family=4, steps=200, methods="dds,ids,ids-jf,ids-adaptive",
+    "frontier": Preset(per_family=4, steps=200, methods="no-edit,dds,ids,ids-jf,ids-adaptive",
                        ablations={"steps": [25, 50, 100], "fpr_iters": [1, 2]},
                        ablate_methods="dds,ids,ids-jf,ids-adaptive", residual_cases=0, product=True),
 }

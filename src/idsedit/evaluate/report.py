@@ -122,7 +122,8 @@ def frontier(summary: dict, reference: str = "ids", target_slack: float = 0.05) 
     cheaper-or-equal run is at least as good on both identity kept and PSNR outside; and ``cheapest_at_reference``:
     the cheapest run whose identity kept is at least ``reference``'s and whose target-reached rate is within
     ``target_slack`` of it (None if none, or no reference run)."""
-    pts = [(lab, s) for lab, s in summary.items() if "fe" in s and "identity_kept" in s and "psnr_outside" in s]
+    pts = [(lab, s) for lab, s in summary.items()
+           if "fe" in s and "identity_kept" in s and "psnr_outside" in s and s.get("steps") != 0]  # no-edit: not a method
     pts.sort(key=lambda p: (p[1]["fe"]["mean"], p[0]))
     rows = []
     for lab, s in pts:

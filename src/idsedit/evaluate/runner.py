@@ -242,6 +242,7 @@ class CaseContext:
     cond_trg: object
     source_mask: np.ndarray  # the main object's pixels in the source render
     outside: np.ndarray
+    recon: np.ndarray        # decode(encode(source)), 8-bit quantised
     vae_psnr_outside: float  # decode(encode(source)) vs source outside the object: the VAE's ceiling
 
     @classmethod
@@ -255,7 +256,7 @@ class CaseContext:
         source_mask, outside = object_masks(case, size)
         rec = _decode_arr(prior, z)
         return cls(case, src, arr, z, prior.encode_text(case.source_prompt, negative_prompt),
-                   prior.encode_text(case.target_prompt, negative_prompt), source_mask, outside,
+                   prior.encode_text(case.target_prompt, negative_prompt), source_mask, outside, rec,
                    capped_psnr(psnr(rec, arr, mask=outside)))
 
 
@@ -295,8 +296,11 @@ def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, tr
     sampler = PairedSampler(case.seed, run.t_grid, device="cpu")
     with peak_memory(prior.device) as mem, count_unet(prior.unet) as cost:
         t0 = time.perf_counter()
-        z = _edit(prior, ctx.z_src, ctx.cond_src, ctx.cond_trg, config, sampler, on_step)
-        edited_arr = _decode_arr(prior, z)
+        if run.variant == "none":            # the reference: the VAE round trip, no distillation
+            z, edited_arr = ctx.z_src, ctx.recon
+        else:
+            z = _edit(prior, ctx.z_src, ctx.cond_src, ctx.cond_trg, config, sampler, on_step)
+            edited_arr = _decode_arr(prior, z)
         seconds = time.perf_counter() - t0
     edited = Image.fromarray((edited_arr * 255).round().astype(np.uint8))
     score = score_edit(ctx.source_arr, edited_arr, source_params=case.source_params,
@@ -304,7 +308,8 @@ def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, tr
     row = {
         "case": case.name, "family": case.attribute, "label": run.label, "variant": run.variant,
         "base": run.base or run.label, "ablation": list(run.ablation) if run.ablation else None, "seed": case.seed,
-        "source_prompt": case.source_prompt, "target_prompt": case.target_prompt, "steps": config.steps,
+        "source_prompt": case.source_prompt, "target_prompt": case.target_prompt,
+        "steps": 0 if run.variant == "none" else config.steps,
         "changed": score["changed"], "reached": score["reached"], "kept": score["kept"],
         "target_reached": score["target_reached"], "identity_kept": score["identity_kept"],
         "kept_fraction": score["kept_fraction"],
@@ -315,7 +320,11 @@ def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, tr
         "trace": {"step": trace_steps, "psnr_outside": trace_psnr} if trace_steps else None,
         "fpr": {"t": fpr_t, "norms": fpr_norms} if fpr_t else None,
     }
-    if invert:
+    if invert and run.variant == "none":
+        row.update(invert_psnr=capped_psnr(psnr(ctx.recon, ctx.source_arr)),
+                   invert_psnr_outside=capped_psnr(psnr(ctx.recon, ctx.source_arr, mask=ctx.outside)),
+                   invert_latent_psnr=latent_psnr(ctx.z_src.cpu().numpy(), ctx.z_src.cpu().numpy()), invert_seconds=0.0)
+    elif invert:
         back = PairedSampler(case.seed + INVERT_SEED_OFFSET, run.t_grid, device="cpu")
         t1 = time.perf_counter()
         z_back = _edit(prior, z, ctx.cond_trg, ctx.cond_src, config, back, None)
