@@ -75,6 +75,8 @@ def plot_metrics(summary: dict, path: Path, keys=("identity_kept", "target_reach
         ax.set_yticks(y, labels if ax is axes[0][0] else [""] * len(labels))
         ax.invert_yaxis()
         ax.set_title(METRICS[key][0] + (" %" if scale == 100 else ""), fontsize=9)
+        if scale == 100:
+            ax.set_xlim(0, 100)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("mean with bootstrap 95% CI", fontsize=9)
     _save(fig, path)
@@ -195,7 +197,12 @@ def plot_frontier(summary: dict, path: Path, keys=("identity_kept", "psnr_outsid
                                                                [s[key]["hi"] - s[key]["mean"]]], marker="o", capsize=2)
             ax.annotate(lab, (s["fe"]["mean"], s[key]["mean"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("UNet forward-equivalents per edit (samples + 2 x backward samples)")
         ax.set_ylabel(METRICS[key][0])
         ax.grid(alpha=0.3, which="both")
