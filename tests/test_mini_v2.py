@@ -201,3 +201,13 @@ def test_unet_resume_with_heldout_log_matches_uninterrupted(trained, tmp_path):
     ra, rb = (list(csv.DictReader(open(s / "heldout.csv"))) for s in (a, b))
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == ["0", "2", "4", "6"]
     assert float(ra[-1]["loss"]) == pytest.approx(float(rb[-1]["loss"]), rel=1e-3)
+
+
+def test_decoder_finetune_on_a_v2_state(trained, tmp_path):
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    meta = train_mini("decoder", cfg_v2(state, 2), log=quiet)["decoder"]
+    assert meta["step"] == 2 and "val_psnr" in meta
+    dec = load_tensors(state / "vae_decoder.safetensors")
+    assert dec and all(k.startswith(("decoder.", "post_quant_conv.")) for k in dec)
+    assert snapshot.file_step(state / "vae_decoder.safetensors") == 2

@@ -76,6 +76,8 @@ class TrainConfig:
     default_share: float = 0.25  # multiview world: fraction of scenes seen from the default camera
     vae_decay_steps: int = 0  # >0: cosine decay of the VAE lr to vae_min_lr_frac at this step (v1: 0 = constant)
     vae_min_lr_frac: float = 0.05  # final VAE lr / vae_lr of the cosine decay
+    decoder_decay_steps: int = 0  # decoder stage with vae_decay_steps > 0: its own warm-up + cosine over this
+    #                               many steps (0: vae_decay_steps); v1 (vae_decay_steps = 0) continues the VAE's lr
     heldout_every: int = 0  # >0: every this many UNet steps, log the EMA model's held-out denoising loss
     heldout_draws: int = 4  # held-out (t, noise) draws per validation scene
     unet_cooldown_start: int = 0  # >0: from this UNet step, decay the lr linearly ...
@@ -391,7 +393,12 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
         if part == "vae":
             loss = loss + cfg.vae_kl_weight * post.kl().mean()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step + lr_offset, cfg.vae_lr, cfg.warmup_steps, cfg.vae_decay_steps, cfg.vae_min_lr_frac)
+            if part == "decoder" and cfg.vae_decay_steps > 0:  # a fresh schedule, not the VAE's decayed tail
+                g["lr"] = lr_at(step, cfg.vae_lr, cfg.warmup_steps, cfg.decoder_decay_steps or cfg.vae_decay_steps,
+                                cfg.vae_min_lr_frac)
+            else:
+                g["lr"] = lr_at(step + lr_offset, cfg.vae_lr, cfg.warmup_steps, cfg.vae_decay_steps,
+                                cfg.vae_min_lr_frac)
             if meta.get("fresh_moments_at"):
                 g["lr"] *= min(1.0, (step - meta["fresh_moments_at"][-1] + 1) / max(1, cfg.warmup_steps))
         opt.zero_grad(set_to_none=True)
