@@ -8,6 +8,8 @@
 # only for the python pid printed in train.log. Re-running removes STOP and continues.
 # Stages: 0) restore train-state-v2/snapshot/ if it is newer than the live files (fresh clone);
 #         1) VAE, cosine lr over 3000 steps (VAE_STEPS) (multi-view scenes, cached under cache/);
+#         1b) only with DECODER_STEPS=N (e.g. 1500): decoder-only fine-tune to N steps (warm-up + cosine over
+#             config.json's decoder_decay_steps); the latents, hence the UNet, are unaffected, so it can run any time;
 #         2) UNet + text encoder until stopped (held-out denoising loss every 500 steps -> heldout.csv).
 # The recipe (sizes, world, lr, ...) is fixed in config.json at the first call; the flags below only matter then.
 cd "$(dirname "$0")/.." || exit 1
@@ -43,6 +45,15 @@ VAE_AT=$($PY -c "import json; print(json.load(open('$S/vae.json'))['step'])")
 if [ "$VAE_AT" -lt "$VAE_STEPS" ] || [ -e "$S/STOP" ]; then
   echo "$(date -u '+%F %T') stopped during the VAE stage at step $VAE_AT (run again to continue)"
   exit 0
+fi
+if [ "${DECODER_STEPS:-0}" -gt 0 ]; then  # optional decoder-only fine-tune (latents, hence the UNet, unaffected)
+  $PY -m idsedit.mini.train --stage decoder --state "$S" --minutes 100000 --max-steps "$DECODER_STEPS" $RECIPE \
+    --model-json "$MODEL" || exit 1
+  DEC_AT=$($PY -c "import json; print(json.load(open('$S/vae_decoder.json'))['step'])")
+  if [ "$DEC_AT" -lt "$DECODER_STEPS" ] || [ -e "$S/STOP" ]; then
+    echo "$(date -u '+%F %T') stopped during the decoder stage at step $DEC_AT (run again to continue)"
+    exit 0
+  fi
 fi
 $PY -m idsedit.mini.train --stage unet --state "$S" --minutes "${UNET_MINUTES:-100000}" --max-steps "${UNET_MAX_STEPS:-0}" $RECIPE --model-json "$MODEL"
 echo "$(date -u '+%F %T') run.sh end"
