@@ -96,9 +96,10 @@ def test_unet_forward_equivalents(tiny_prior):
     cs, ct = tiny_prior.encode_text(case.source_prompt), tiny_prior.encode_text(case.target_prompt)
     expected = {"sds": (2, 0), "dds": (4, 0), "cds": (5, 1), "ids": (10, 6), "ids-jf": (10, 0), "ids+cut": (11, 7)}
     for v, (samples, back) in expected.items():
-        with count_unet(tiny_prior.unet) as cost:
+        with tiny_prior.counting() as calls, count_unet(tiny_prior.unet) as cost:
             edit_latents(tiny_prior, z, cs, ct, variant_config(v, steps=2), sampler=PairedSampler(0))
         assert (cost.samples, cost.backward_samples) == (2 * samples, 2 * back), v
+        assert (cost.forward, cost.samples, cost.backward) == (calls.forward, calls.samples, calls.backward), v
         assert cost.forward_equivalents == 2 * (samples + 2 * back)
     assert not tiny_prior.unet._forward_pre_hooks                            # the hook is removed
 
