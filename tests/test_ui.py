@@ -203,6 +203,22 @@ def browser_paths():
     return got
 
 
+def _client(url: str, download_to):
+    """A gradio_client for the app at ``url``: generous timeouts (the machine may be loaded), no analytics,
+    downloads into ``download_to`` (its default is /tmp/gradio)."""
+    from gradio_client import Client
+
+    return Client(url.rstrip("/") + "/", verbose=False, httpx_kwargs={"timeout": 120}, download_files=str(download_to),
+                  analytics_enabled=False)
+
+
+@pytest.fixture(scope="module")
+def new_client(server, tmp_path_factory):
+    """Factory of gradio_client connections (each its own session) to the test server."""
+    where = tmp_path_factory.mktemp("client-downloads")
+    return lambda: _client(server["url"], where)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -402,11 +418,11 @@ def test_browser_cancel_stops_and_next_run_works(server, driver, files):
     _wait(driver, lambda d: _status(d).startswith("done"), 60, "the edit after cancelling")
 
 
-def test_gradio_client_calls_the_same_endpoint(server, files):
-    from gradio_client import Client, handle_file
+def test_gradio_client_calls_the_same_endpoint(server, files, new_client):
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(server["url"] + "/", verbose=False)
+    client = new_client()
     status, _live, source, edited, compare, plot, paths = client.predict(
         handle_file(str(files["image"])), SRC, TRG, "ids", "dds", 3, 7.5, 2, 1.0, "exact", 0, None, None,
         api_name="/edit")
@@ -436,13 +452,35 @@ def test_gradio_client_calls_the_same_endpoint(server, files):
                        None, None, api_name="/edit")
 
 
-def test_one_run_at_a_time_with_queue_position(server, driver, files):
+def test_gradio_client_job_cancel_frees_the_model(server, files, new_client):
+    """gradio_client's job.cancel() (or a client that goes away) ends the run: the event yields at least every
+    HEARTBEAT_S, Gradio closes it there, and closing it stops the edit before its next step."""
+    from gradio_client import handle_file
+
+    client = new_client()
+    job = client.submit(handle_file(str(files["image"])), SRC, TRG, "dds", "none", 20000, 7.5, 3, 1.0, "exact", 0,
+                        None, None, api_name="/edit")
+    deadline = time.time() + 30
+    while not server["runner"].running() and time.time() < deadline:
+        time.sleep(0.05)
+    assert server["runner"].running()
+    job.cancel()
+    while server["runner"].running() and time.time() < deadline:
+        time.sleep(0.05)
+    assert server["runner"].running() == []
+    status = client.predict(handle_file(str(files["image"])), SRC, TRG, "dds", "none", 2, 7.5, 3, 1.0, "exact", 0,
+                            None, None, api_name="/edit")[0]
+    assert status.startswith("done; dds: 2 steps")
+
+
+def test_one_run_at_a_time_with_queue_position(server, driver, files, new_client):
     """While an API client's run holds the model, a browser's run waits in the queue and the page shows its
-    position; it runs once the first is cancelled. A second API client sees its rank too."""
-    from gradio_client import Client, handle_file
+    position; a second API client sees its rank. Cancel withdraws the waiting browser request (it ends without
+    running when its turn comes) and the page keeps working."""
+    from gradio_client import handle_file
     from selenium.webdriver.common.by import By
 
-    a, b = Client(server["url"] + "/", verbose=False), Client(server["url"] + "/", verbose=False)
+    a, b = new_client(), new_client()
     args = (SRC, TRG, "dds", "none")
     job_a = a.submit(handle_file(str(files["image"])), *args, 20000, 7.5, 3, 1.0, "exact", 0, None, None,
                      api_name="/edit")
@@ -462,18 +500,23 @@ def test_one_run_at_a_time_with_queue_position(server, driver, files):
         rank = job_b.status().rank
         time.sleep(0.05)
     assert rank is not None and rank >= 1 and not job_b.done()     # behind the browser's request
+    _css(driver, "#cancel").click()                                 # the browser withdraws its waiting request
+    _wait(driver, lambda d: _status(d).startswith("cancelled: the request leaves the queue"), 10, "the withdrawal")
     a.predict(api_name="/cancel")
     assert job_a.result(timeout=30)[0].startswith("cancelled; dds: cancelled after")
-    _wait(driver, lambda d: _status(d).startswith("done; ids: 2 steps"), 60, "the queued browser run")
+    _wait(driver, lambda d: _status(d) == "cancelled while waiting in the queue", 30, "the withdrawn request")
     assert job_b.result(timeout=60)[0].startswith("done; dds: 2 steps")
+    _css(driver, "#run").click()                                    # and the page still edits
+    _wait(driver, lambda d: _status(d).startswith("done; ids: 2 steps"), 60, "a run after the withdrawal")
 
 
 def test_cli_serves_on_localhost_and_stops(tmp_path):
     """`idsedit ui --model <tiny> --port P --out DIR` serves the page on 127.0.0.1 only and writes only in DIR."""
+    import signal
     import sys
     import urllib.request
 
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     port = _free_port()
     out = tmp_path / "ui-out"
@@ -485,8 +528,6 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
     shutil.rmtree(tmp_path / "render")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HOME=str(home), TMPDIR=str(tmp),
                XDG_CACHE_HOME=str(home / ".cache"))
-    import signal
-
     proc = subprocess.Popen([sys.executable, "-m", "idsedit", "ui", "--model", str(TINY_MODEL), "--port", str(port),
                              "--out", str(out), "--device", "cpu"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -502,7 +543,7 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
         assert page is not None and "idsedit" in page, proc.stdout.read() if proc.poll() is not None else ""
         listening = _listeners(port)
         assert listening and all(addr == "127.0.0.1" for addr in listening)
-        status = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+        status = _client(f"http://127.0.0.1:{port}", tmp_path / "client").predict(
             handle_file(str(image)), SRC, TRG, "ids", "none", 2, 7.5, 1, 1.0, "exact", 0, None, None,
             api_name="/edit")[0]
         assert status.startswith("done; ids: 2 steps")
@@ -514,7 +555,7 @@ def test_cli_serves_on_localhost_and_stops(tmp_path):
             proc.wait(timeout=30)
     assert proc.returncode == 0, log
     assert f"idsedit ui: http://127.0.0.1:{port}/" in log and "Traceback" not in log
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.png", "home", "tmp", "ui-out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client", "cube.png", "home", "tmp", "ui-out"]
     assert [str(p) for p in home.rglob("*")] == []
     # `import torch` itself creates an empty $TMPDIR/torchinductor_<user> (any torch program does); nothing else
     assert [p for p in tmp.rglob("*") if not (p.is_dir() and p.name.startswith("torchinductor_"))] == []
@@ -578,11 +619,10 @@ def test_browser_scene_tab_edits_and_plays_the_orbit(server, driver, scenes_root
     assert (report["method"], report["steps"], report["target"]) == ("ids", 2, TRG)
 
 
-def test_gradio_client_scene_errors_are_one_line(server, scenes_root, tmp_path):
-    from gradio_client import Client
+def test_gradio_client_scene_errors_are_one_line(server, scenes_root, tmp_path, new_client):
     from gradio_client.exceptions import AppError
 
-    client = Client(server["url"] + "/", verbose=False)
+    client = new_client()
     with pytest.raises(AppError, match=r"is not a folder: choose a scene folder made by `idsedit scene fit`"):
         client.predict(str(tmp_path / "nowhere"), SRC, TRG, "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
                        api_name="/edit_scene")

@@ -8,6 +8,7 @@ All work happens in :mod:`idsedit.ui.jobs`; this file only lays out the page and
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -19,6 +20,8 @@ from .jobs import FPR_MODES, Done, EditRequest, EditRunner, Failed, Frame, Metho
     painted_mask, render_examples
 
 NO_COMPARE = "none"
+HEARTBEAT_S = 0.5
+"""Longest time a run's event goes without yielding: Gradio can only cancel a generator between yields."""
 
 CSS = """
 #status {min-height: 2.5em}
@@ -49,6 +52,11 @@ def _residual_frame(results: list[MethodDone]) -> pd.DataFrame | None:
     if not rows:                 # None, not an empty frame: Gradio 6's plot draws no lines after an empty one
         return None
     return pd.DataFrame(rows, columns=["step", "residual", "series"])
+
+
+def _session(request) -> str:
+    """The browser session (or gradio_client connection) a request comes from."""
+    return getattr(request, "session_hash", None) or "api"
 
 
 def display(img, min_side: int = 256):
@@ -170,9 +178,12 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
         def edit(image, source_text, target_text, method_name, compare_name, n_steps, w, n_fpr, lam, mode,
                  seed_value, mask_path, painted, request: gr.Request, progress=gr.Progress()):
             """Edit the image towards the target prompt; yields live frames, then the results and files."""
-            session = getattr(request, "session_hash", None) or "api"
+            session = _session(request)
             two = compare_name not in (None, "", NO_COMPARE)
             keep = gr.update()
+            if runner.cancelled_while_waiting(session):
+                yield _status("cancelled while waiting in the queue"), keep, keep, keep, keep, keep, keep
+                return
             try:
                 layers = (painted or {}).get("layers") if isinstance(painted, dict) else None
                 req = EditRequest.check(image, source_text, target_text, method=method_name,
@@ -190,6 +201,7 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
             yield _status(head), None, display(req.image), None, None, _residual_frame([]), None
             progress((0, total), desc="starting")
             results: list[MethodDone] = []
+            last = time.monotonic()
             for ev in runner.run(req, session):
                 if isinstance(ev, Progress):
                     progress((ev.done, ev.total), desc=f"{ev.method} step {ev.step}/{ev.steps}, about "
@@ -197,6 +209,9 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
                     if ev.done == 2 and est is None:
                         yield _status(f"running {plan}, {total} steps: about {_fmt_s(ev.eta_s)} left"), keep, \
                             keep, keep, keep, keep, keep
+                    elif time.monotonic() - last > HEARTBEAT_S:     # a point where Gradio can cancel the event
+                        last = time.monotonic()                      # (client gone, job.cancel()): closing this
+                        yield (keep,) * 7                            # generator stops the run before its next step
                 elif isinstance(ev, Frame):
                     yield keep, display(ev.image), keep, keep, keep, keep, keep
                 elif isinstance(ev, MethodDone):
@@ -226,15 +241,22 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
                     gr.update(value=display(b), visible=two, label=label_b),
                     _residual_frame(res), paths or None)
 
+        def submitted(request: gr.Request):
+            runner.submitted(_session(request))
+
+        run.click(submitted, None, None, queue=False, api_visibility="private")  # before the edit queues: so
+        #                                                                          Cancel can withdraw it
         run.click(edit, [upload, source, target, method, compare, steps, guidance, fpr_iters, fpr_lambda, fpr_mode,
                          seed, mask_file, editor],
                   [status, live, out_source, out_a, out_b, plot, files], api_name="edit",
                   concurrency_limit=1, concurrency_id="model", show_progress="full", show_progress_on=[live])
 
         def stop(request: gr.Request):
-            session = getattr(request, "session_hash", None) or "api"
+            session = _session(request)
             if runner.cancel(session):
                 return _status("cancelling: the edit stops before its next step")
+            if runner.is_waiting(session):
+                return _status("cancelled: the request leaves the queue when its turn comes, without running")
             return gr.update()
 
         cancel.click(stop, None, [status], queue=False, api_name="cancel")
@@ -322,8 +344,11 @@ def scene_tab(runner: EditRunner, scenes_root) -> None:
         def edit_scene(scene_dir, source, target, method, steps, seed, frames, w, n_fpr, lam, mode,
                        request: gr.Request, progress=gr.Progress()):
             """Edit a fitted scene towards the target prompt; yields renders, then the orbit videos and files."""
-            session = getattr(request, "session_hash", None) or "api"
+            session = _session(request)
             keep = gr.update()
+            if runner.cancelled_while_waiting(session):
+                yield _status("cancelled while waiting in the queue"), keep, keep, keep, keep
+                return
             try:
                 req = SceneRequest.check(scene_dir, source, target, method=method, steps=steps, guidance=w,
                                          fpr_iters=n_fpr, fpr_lambda=lam, fpr_mode=mode, seed=seed,
@@ -334,6 +359,7 @@ def scene_tab(runner: EditRunner, scenes_root) -> None:
             steps_n = req.config.steps
             yield _status(f"editing {req.scene_name} with {req.method}, {steps_n} steps"), None, None, None, None
             progress((0, steps_n), desc="starting")
+            last = time.monotonic()
             for ev in runner.run_scene(req, session):
                 if isinstance(ev, Progress):
                     progress((ev.step, ev.steps), desc=f"{ev.method} step {ev.step}/{ev.steps}, about "
@@ -341,6 +367,9 @@ def scene_tab(runner: EditRunner, scenes_root) -> None:
                     if ev.step == 2:
                         yield _status(f"editing {req.scene_name} with {req.method}: about {_fmt_s(ev.eta_s)} "
                                       "left, then the orbit renders"), keep, keep, keep, keep
+                    elif time.monotonic() - last > HEARTBEAT_S:
+                        last = time.monotonic()
+                        yield (keep,) * 5
                 elif isinstance(ev, Frame):
                     yield keep, display(ev.image), keep, keep, keep
                 elif isinstance(ev, Failed):
@@ -358,14 +387,21 @@ def scene_tab(runner: EditRunner, scenes_root) -> None:
                     yield (_status(line), keep, str(ev.videos["orbit.mp4"]), str(ev.videos["orbit_depth.mp4"]),
                            files)
 
+        def submitted(request: gr.Request):
+            runner.submitted(_session(request))
+
+        s_run.click(submitted, None, None, queue=False, api_visibility="private")
         s_run.click(edit_scene, [scene, s_source, s_target, s_method, s_steps, s_seed, s_frames, s_guidance, s_fpr,
                                  s_lambda, s_mode], [s_status, s_live, s_video, s_depth, s_files],
                     api_name="edit_scene", concurrency_limit=1, concurrency_id="model", show_progress="full",
                     show_progress_on=[s_live])
 
         def stop(request: gr.Request):
-            if runner.cancel(getattr(request, "session_hash", None) or "api"):
+            session = _session(request)
+            if runner.cancel(session):
                 return _status("cancelling: the edit stops before its next step")
+            if runner.is_waiting(session):
+                return _status("cancelled: the request leaves the queue when its turn comes, without running")
             return gr.update()
 
         s_cancel.click(stop, None, [s_status], queue=False, api_visibility="private")

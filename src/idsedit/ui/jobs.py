@@ -340,6 +340,7 @@ class EditRunner:
         self.frames = frames
         self.lock = getattr(prior, "lock", None) or threading.RLock()
         self._stops: dict[str, threading.Event] = {}
+        self._waiting: dict[str, bool] = {}                # session -> Cancel pressed while its request waited
         self._stops_lock = threading.Lock()
         self.seconds_per_step: dict[tuple, float] = {}    # (variant, latent size, settings) -> measured s/step
 
@@ -380,13 +381,32 @@ class EditRunner:
             return list(self._stops)
 
     def cancel(self, session: str) -> bool:
-        """Ask the run of ``session`` to stop before its next step; True if one was running."""
+        """Ask the run of ``session`` to stop before its next step; True if one was running. Otherwise, if the
+        session has a request waiting (see :meth:`submitted`), that request is marked to end as soon as it
+        starts (:meth:`cancelled_while_waiting`)."""
         with self._stops_lock:
             ev = self._stops.get(session)
-        if ev is None:
-            return False
+            if ev is None:
+                if session in self._waiting:
+                    self._waiting[session] = True
+                return False
         ev.set()
         return True
+
+    def submitted(self, session: str) -> None:
+        """A request of ``session`` joined the queue (called when Run is pressed, before the request waits)."""
+        with self._stops_lock:
+            self._waiting[session] = False
+
+    def is_waiting(self, session: str) -> bool:
+        """True while a request of ``session`` is queued (submitted, not started)."""
+        with self._stops_lock:
+            return session in self._waiting
+
+    def cancelled_while_waiting(self, session: str) -> bool:
+        """Called when the session's request leaves the queue: True if Cancel was pressed while it waited."""
+        with self._stops_lock:
+            return bool(self._waiting.pop(session, False))
 
     # ---------------------------------------------------------------- run
     def run(self, req: EditRequest, session: str = "default", *, poll_s: float = 0.1) -> Iterator:
