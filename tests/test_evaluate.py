@@ -146,13 +146,13 @@ QUALITY = ("target_reached", "identity_kept", "kept_fraction", "psnr_outside", "
            "invert_latent_psnr", "fe")
 
 
-def _small_eval(prior, out, on_row=None):
+def _small_eval(prior, out, on_row=None, log=None):
     from idsedit.edit2d import EditConfig
     from idsedit.evaluate import build_runs, make_cases, run_evaluation
 
     cases = make_cases(["colour", "shape"], 2, seed=1)
     runs = build_runs(["dds", "ids", "pds@authors"], EditConfig(steps=2))
-    return run_evaluation(prior, cases, runs, out, progress=False, on_row=on_row, trace_every=1)
+    return run_evaluation(prior, cases, runs, out, progress=False, on_row=on_row, trace_every=1, log=log)
 
 
 def test_resume_after_interruption_gives_the_same_table(tiny_prior, tmp_path):
@@ -171,8 +171,9 @@ def test_resume_after_interruption_gives_the_same_table(tiny_prior, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _small_eval(tiny_prior, tmp_path / "resumed", on_row=interrupt)
     assert len((tmp_path / "resumed" / "rows.jsonl").read_text().splitlines()) == 5
-    redone = []
-    resumed = _small_eval(tiny_prior, tmp_path / "resumed", on_row=lambda r: redone.append(r["key"]))
+    redone, said = [], []
+    resumed = _small_eval(tiny_prior, tmp_path / "resumed", on_row=lambda r: redone.append(r["key"]), log=said.append)
+    assert said == [f"resuming: 5 of 12 edits are already in {tmp_path / 'resumed' / 'rows.jsonl'}, skipping them"]
     assert len(redone) == 7 and not set(redone) & set(done)           # finished edits are skipped
     assert [r["key"] for r in resumed] == [r["key"] for r in full]
     for a, b in zip(full, resumed):

@@ -170,7 +170,7 @@ def _main(args) -> int:
 
     t0 = time.perf_counter()
     rows = run_evaluation(prior, cases, runs, out, invert=s["invert"], trace_every=s["trace_every"],
-                          progress=not args.quiet)
+                          progress=not args.quiet, log=print)
     residuals = None
     if s["residual_cases"]:
         residuals = _residuals(prior, cases, s, out)

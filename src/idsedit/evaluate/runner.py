@@ -338,7 +338,8 @@ def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, tr
 
 # --------------------------------------------------------------------------------------------------- many edits
 def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *, evaluator=None, invert: bool = True,
-                   trace_every: int = 0, progress: bool = True, on_row: Callable | None = None) -> list[dict]:
+                   trace_every: int = 0, progress: bool = True, on_row: Callable | None = None,
+                   log: Callable[[str], None] | None = None) -> list[dict]:
     """Edit every case with every run, appending each row to ``out/rows.jsonl`` as it finishes; rows already
     there with the same fingerprint are kept and their edits skipped (resume). Returns all rows in case x run
     order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits)."""
@@ -361,6 +362,8 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
                                    "or another model: use another --out, or --overwrite to start over")
             plan.append((case, run, fp, prev))
     skipped = sum(1 for p in plan if p[3] is not None)
+    if skipped and log is not None:
+        log(f"resuming: {skipped} of {len(plan)} edits are already in {rows_path}, skipping them")
     bar = None
     if progress:
         from tqdm.auto import tqdm
