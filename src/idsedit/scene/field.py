@@ -4,7 +4,7 @@ Notation (TensoRF, Chen et al. 2022, eq. 4-5). A point p in the box [lo, hi] is 
 For the three axis pairs (a, b) with the remaining axis c, the density feature is
 
     f_sigma(x) = sum_m sum_r  P^sigma_{m,r}(x_a, x_b) * v^sigma_{m,r}(x_c)        (bilinear planes, linear lines)
-    sigma(x)   = SIGMA_SCALE * softplus(f_sigma(x) + DENSITY_SHIFT)                 (1 / world units)
+    sigma(x)   = SIGMA_SCALE * softplus(f_sigma(x) + shift)      (1 / world units; shift = -10, TensoRF's)
 
 and the appearance features are ``A(x) = concat_m [P^c_{m}(x_a, x_b) * v^c_{m}(x_c)]`` (3 R_c values), mapped by
 a linear basis B (3 R_c -> 3 (L+1)^2) to spherical-harmonics coefficients of degree L per colour channel:
@@ -30,7 +30,7 @@ from ..errors import IdseditError
 
 MAT_MODES = ((0, 1), (0, 2), (1, 2))   # plane axes (a, b) ...
 VEC_MODES = (2, 1, 0)                   # ... and the line axis c of each of the three components
-DENSITY_SHIFT = -5.0                    # softplus(f - 5) * 25 ~ 0.17 at f = 0: a faint fog everywhere to start from
+DENSITY_SHIFT = -10.0                   # TensoRF's: softplus(f - 10) * 25 ~ 1e-3 at f = 0, the field starts empty
 SIGMA_SCALE = 25.0                      # TensoRF's distance_scale
 
 
@@ -46,6 +46,8 @@ class FieldConfig:
     background: str = "learned"          # learned | white | black | "r,g,b"
     env_size: tuple = (16, 32)           # (H, W) of the learned environment map (elevation x azimuth)
     occupancy_resolution: list = field(default_factory=list)  # [nx, ny, nz]; default resolution / 2
+    density_shift: float = DENSITY_SHIFT  # an empty start; a fog start (e.g. -5) lets the field paint views
+                                          # with haze instead of forming surfaces (measured: floaters everywhere)
 
     def __post_init__(self):
         lo, hi = torch.tensor(self.aabb[0], dtype=torch.float64), torch.tensor(self.aabb[1], dtype=torch.float64)
@@ -167,7 +169,7 @@ class TensoRF(nn.Module):
         """sigma(p) >= 0 for world points (N, 3) -> (N,), per world unit of distance."""
         x = self.normalise(points)
         f = sum(t.sum(0) for t in self._vm(x, self.density_planes, self.density_lines))
-        return SIGMA_SCALE * F.softplus(f + DENSITY_SHIFT)
+        return SIGMA_SCALE * F.softplus(f + self.config.density_shift)
 
     def colour(self, points: Tensor, dirs: Tensor) -> Tensor:
         """rgb(p, d) in (0, 1) for world points (N, 3) and unit view directions (N, 3) -> (N, 3)."""

@@ -48,6 +48,7 @@ class FitConfig:
     density_rank: int = 16          # TensoRF density rank per component
     app_rank: int = 24              # TensoRF appearance rank per component
     sh_degree: int = 2              # view dependence of colour (0..2)
+    density_shift: float = -10.0    # sigma = 25 softplus(f + shift): -10 starts empty (TensoRF); higher = foggy start
     step_ratio: float = 0.5         # sample spacing along rays, in cells
     lr_grid: float = 0.06           # Adam learning rate of the grids
     lr_basis: float = 1e-3          # Adam learning rate of the SH basis
@@ -141,6 +142,7 @@ def build_field(cfg: FitConfig, views: Views, generator: torch.Generator) -> Ten
     stages = resolution_schedule(cfg, bbox)
     fcfg = FieldConfig(aabb=bbox, resolution=stages[0], density_rank=cfg.density_rank, app_rank=cfg.app_rank,
                        sh_degree=cfg.sh_degree, background=resolve_background(cfg.background, views),
+                       density_shift=cfg.density_shift,
                        occupancy_resolution=[max(2, v // 2) for v in stages[-1]])
     return TensoRF(fcfg, generator=generator)
 
