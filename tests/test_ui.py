@@ -97,6 +97,18 @@ def test_settings_then_variant_overrides():
     assert edit_config("ids", Settings()).steps == 200          # None = the EditConfig default
 
 
+def test_only_uploaded_files_are_read(tmp_path):
+    from idsedit.ui.app import check_uploaded
+
+    uploads = tmp_path / "out" / "cache"
+    (uploads / "abc").mkdir(parents=True)
+    check_uploaded(uploads / "abc" / "cat.png", uploads)
+    check_uploaded(None, uploads)
+    for bad in (tmp_path / "cat.png", uploads / ".." / "cat.png"):
+        with pytest.raises(IdseditError, match="the image must be a file uploaded to this app"):
+            check_uploaded(bad, uploads)
+
+
 def test_painted_mask_is_the_union_of_strokes():
     a = np.zeros((8, 8, 4), np.uint8)
     a[2:4, 2:4] = (255, 0, 255, 255)
@@ -161,6 +173,22 @@ def test_runner_cancel_stops_promptly_and_frees_the_model(tiny_prior, files, tmp
     assert not runner.cancel("s2")                              # nothing left running for that session
     again = _drain(runner.run(EditRequest.check(files["image"], SRC, TRG, method="dds", steps=2), "s2"))
     assert isinstance(again[-1], Done) and again[-1].results[0].steps_done == 2
+
+
+def test_runner_stops_when_nobody_takes_its_events(tiny_prior, files, tmp_path):
+    """A consumer that stops pulling events (a client gone, a Gradio cancel) ends the run after abandon_s."""
+    runner = EditRunner(tiny_prior, tmp_path / "out", frames=1, abandon_s=0.5)
+    req = EditRequest.check(files["image"], SRC, TRG, method="dds", steps=10_000)
+    events = runner.run(req, "s3")
+    while not (isinstance(ev := next(events), Progress) and ev.step >= 2):
+        pass
+    stop, deadline = runner._stops["s3"], time.time() + 60
+    while not stop.is_set() and time.time() < deadline:  # hold the generator at its yield: the run must end anyway
+        time.sleep(0.05)
+    rest = _drain(events)
+    done = rest[-1]
+    assert isinstance(done, Done) and done.cancelled and done.results[0].cancelled
+    assert done.results[0].steps_done < 10_000
 
 
 def test_cli_says_how_to_install_gradio(monkeypatch, capsys):
@@ -247,6 +275,7 @@ def server(tiny_prior, scenes_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ui-server") / "out"
     app, runner = create(tiny_prior, out, scenes=scenes_root)
+    runner.abandon_s = 3.0                             # a cancelled or abandoned API job frees the model quickly
     url = launch(app, host="127.0.0.1", port=_free_port(), block=False)
     yield {"url": url.rstrip("/"), "out": out, "runner": runner}
     app.close()
@@ -465,6 +494,7 @@ def test_gradio_client_job_cancel_frees_the_model(server, files, new_client):
         time.sleep(0.05)
     assert server["runner"].running()
     job.cancel()
+    deadline = time.time() + 60
     while server["runner"].running() and time.time() < deadline:
         time.sleep(0.05)
     assert server["runner"].running() == []
@@ -624,8 +654,10 @@ def test_gradio_client_scene_errors_are_one_line(server, scenes_root, tmp_path, 
 
     client = new_client()
     with pytest.raises(AppError, match=r"is not a folder: choose a scene folder made by `idsedit scene fit`"):
-        client.predict(str(tmp_path / "nowhere"), SRC, TRG, "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
+        client.predict(str(scenes_root / "nowhere"), SRC, TRG, "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
                        api_name="/edit_scene")
+    with pytest.raises(AppError, match=r"is outside .*: this app edits scenes under its --scenes folder only"):
+        client.predict(str(tmp_path), SRC, TRG, "ids", 2, 0, 4, 7.5, 3, 1.0, "exact", api_name="/edit_scene")
     with pytest.raises(AppError, match="the target prompt is empty"):
         client.predict(str(scenes_root / "red-cube"), SRC, " ", "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
                        api_name="/edit_scene")

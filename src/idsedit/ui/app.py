@@ -54,6 +54,20 @@ def _residual_frame(results: list[MethodDone]) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["step", "residual", "series"])
 
 
+def check_uploaded(path, uploads: Path, what: str = "image") -> None:
+    """IdseditError unless ``path`` (None allowed) lies in the app's upload folder: an API caller may name any
+    server-side path in a file payload, and the app must only ever read files that were uploaded to it."""
+    if path in (None, ""):
+        return
+    try:
+        inside = Path(str(path)).resolve().is_relative_to(uploads.resolve())
+    except (OSError, ValueError):
+        inside = False
+    if not inside:
+        raise IdseditError(f"the {what} must be a file uploaded to this app (gradio_client: handle_file(path)); "
+                           f"server-side paths are not read")
+
+
 def _session(request) -> str:
     """The browser session (or gradio_client connection) a request comes from."""
     return getattr(request, "session_hash", None) or "api"
@@ -82,6 +96,7 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
     """The Blocks app over one EditRunner (one model). Call ``.queue()`` and ``.launch()`` on it (see serve)."""
     d = defaults()
     examples = list(examples or [])
+    uploads = runner.out_dir / "cache"                # Gradio's upload folder (GRADIO_TEMP_DIR, see prepare_out)
     with gr.Blocks(title="idsedit", analytics_enabled=False) as app:
         gr.Markdown(f"## idsedit: identity-preserving text-driven image editing\nModel: `{model_name}`. "
                     "Upload an image (or pick an example), describe it and what it should become, then Run.")
@@ -185,6 +200,8 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
                 yield _status("cancelled while waiting in the queue"), keep, keep, keep, keep, keep, keep
                 return
             try:
+                for what, p in (("image", image), ("mask", mask_path)):
+                    check_uploaded(p, uploads, what)
                 layers = (painted or {}).get("layers") if isinstance(painted, dict) else None
                 req = EditRequest.check(image, source_text, target_text, method=method_name,
                                         compare_with=compare_name, steps=n_steps, guidance=w, fpr_iters=n_fpr,
@@ -352,7 +369,7 @@ def scene_tab(runner: EditRunner, scenes_root) -> None:
             try:
                 req = SceneRequest.check(scene_dir, source, target, method=method, steps=steps, guidance=w,
                                          fpr_iters=n_fpr, fpr_lambda=lam, fpr_mode=mode, seed=seed,
-                                         orbit_frames=frames)
+                                         orbit_frames=frames, root=scenes_root)
             except IdseditError as e:
                 yield _status(str(e), "error"), None, keep, keep, keep
                 raise gr.Error(str(e), print_exception=False)

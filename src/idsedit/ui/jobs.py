@@ -200,9 +200,9 @@ class SceneRequest:
 
     @classmethod
     def check(cls, scene_dir, source, target, *, method="ids", steps=None, guidance=None, fpr_iters=None,
-              fpr_lambda=None, fpr_mode=None, seed=None, orbit_frames=24) -> "SceneRequest":
-        """The scene CLI's checks: a folder made by ``idsedit scene fit`` (load_scene's one-line errors),
-        non-empty prompts, a known method, valid settings."""
+              fpr_lambda=None, fpr_mode=None, seed=None, orbit_frames=24, root=None) -> "SceneRequest":
+        """The scene CLI's checks: a folder made by ``idsedit scene fit`` (load_scene's one-line errors), under
+        ``root`` when given (the app's --scenes folder), non-empty prompts, a known method, valid settings."""
         from ..distill import DistillConfig
         from ..scene.edit import SceneEditConfig
         from ..scene.store import load_scene
@@ -211,6 +211,8 @@ class SceneRequest:
         if scene_dir is None or not str(scene_dir).strip():
             raise IdseditError("no scene: choose a scene folder made by `idsedit scene fit`")
         path = Path(str(scene_dir).strip()).expanduser()
+        if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
+            raise IdseditError(f"{path} is outside {root}: this app edits scenes under its --scenes folder only")
         if not path.is_dir():
             raise IdseditError(f"{path} is not a folder: choose a scene folder made by `idsedit scene fit`")
         load_scene(path)
@@ -330,16 +332,38 @@ class Failed:
 
 
 # --------------------------------------------------------------------------------------------------- running
+class _Stop:
+    """When a run should stop: Cancel was pressed (``set()``), or nobody has taken its events for ``abandon_s``
+    seconds. The second case is a client that went away or a Gradio cancel (gradio_client ``job.cancel()``):
+    Gradio then simply stops resuming the event's generator (closing a generator that is running in another
+    thread is not possible), so the run notices that its consumer stays suspended at a yield."""
+
+    def __init__(self, abandon_s: float):
+        self.event = threading.Event()
+        self.abandon_s = abandon_s
+        self.suspended_since: float | None = None      # set while the consumer holds an event (at a yield)
+
+    def set(self) -> None:
+        self.event.set()
+
+    def is_set(self) -> bool:
+        since = self.suspended_since
+        if since is not None and time.monotonic() - since > self.abandon_s:
+            self.event.set()                            # abandoned once: stopped for good
+        return self.event.is_set()
+
+
 class EditRunner:
     """Runs edits on one prior, one at a time: the prior's lock (``prior.lock`` when the prior has one, else a
     lock of this runner) is held for the whole request; ``cancel(session)`` asks that session's run to stop."""
 
-    def __init__(self, prior, out_dir: str | Path, *, frames: int = 12):
+    def __init__(self, prior, out_dir: str | Path, *, frames: int = 12, abandon_s: float = 10.0):
         self.prior = prior
         self.out_dir = Path(out_dir)
         self.frames = frames
+        self.abandon_s = abandon_s       # a run whose events nobody takes for this long stops (client gone)
         self.lock = getattr(prior, "lock", None) or threading.RLock()
-        self._stops: dict[str, threading.Event] = {}
+        self._stops: dict[str, _Stop] = {}
         self._waiting: dict[str, bool] = {}                # session -> Cancel pressed while its request waited
         self._stops_lock = threading.Lock()
         self.seconds_per_step: dict[tuple, float] = {}    # (variant, latent size, settings) -> measured s/step
@@ -420,7 +444,7 @@ class EditRunner:
         return self._spawn(self._scene_work, req, session, poll_s)
 
     def _spawn(self, work, req, session: str, poll_s: float) -> Iterator:
-        stop = threading.Event()
+        stop = _Stop(self.abandon_s)
         with self._stops_lock:
             if session in self._stops:
                 self._stops[session].set()
@@ -438,17 +462,19 @@ class EditRunner:
                         yield Failed("the edit stopped without a result (a bug: please report it)")
                         return
                     continue
+                stop.suspended_since = time.monotonic()
                 yield ev
+                stop.suspended_since = None
                 if isinstance(ev, (Done, SceneDone, Failed)):
                     return
         finally:
-            stop.set()                          # a client that went away cancels its run
+            stop.set()                          # closed early (a client that went away): stop the run
             with self._stops_lock:
                 if self._stops.get(session) is stop:
                     del self._stops[session]
 
     @staticmethod
-    def _guarded(work, req, stop: threading.Event, events: queue.Queue) -> None:
+    def _guarded(work, req, stop: "_Stop", events: queue.Queue) -> None:
         """Run ``work``; user errors become Failed(one line), anything else Failed(one line) + a logged traceback."""
         try:
             work(req, stop, events)
@@ -460,7 +486,7 @@ class EditRunner:
             traceback.print_exc()
             events.put(Failed(resource_message(e)))
 
-    def _work(self, req: EditRequest, stop: threading.Event, events: queue.Queue) -> None:
+    def _work(self, req: EditRequest, stop: "_Stop", events: queue.Queue) -> None:
         t0 = time.perf_counter()
         notes = req.notes + self.prompt_notes(req.source, req.target)
         with self.lock:
@@ -476,10 +502,11 @@ class EditRunner:
                 done_before += cfg.steps
                 if md.cancelled:
                     break
-        events.put(Done(results, stop.is_set() or any(r.cancelled for r in results), _unique(notes),
+        cancelled = any(r.cancelled for r in results) or len(results) < len(req.methods)
+        events.put(Done(results, cancelled, _unique(notes),
                         time.perf_counter() - t0))
 
-    def _scene_work(self, req: "SceneRequest", stop: threading.Event, events: queue.Queue) -> None:
+    def _scene_work(self, req: "SceneRequest", stop: "_Stop", events: queue.Queue) -> None:
         from ..scene.edit import edit_scene
         from ..scene.outputs import render_orbit
         from ..scene.store import load_scene
