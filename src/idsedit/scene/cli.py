@@ -56,6 +56,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _int_list(text: str) -> tuple:
+    try:
+        v = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas") from None
+    if any(x < 0 for x in v):
+        raise argparse.ArgumentTypeError(f"{text!r}: steps must be >= 0")
+    return v
+
+
 def _bbox(text: str) -> list:
     try:
         v = [float(x) for x in text.split(",")]
@@ -81,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--steps", type=_positive_int, default=fd.steps, help=f"optimisation steps (default {fd.steps})")
     f.add_argument("--seed", type=int, default=fd.seed, help=f"random seed (default {fd.seed})")
     f.add_argument("--batch-rays", type=_positive_int, default=fd.batch_rays, help="rays per step")
-    f.add_argument("--voxels", type=_positive_int, default=fd.n_voxels, help="grid cells at the end (default 128^3)")
+    f.add_argument("--voxels", type=_positive_int, default=fd.n_voxels, help="grid cells at the end (default 96^3)")
     f.add_argument("--size", type=_positive_int, default=None,
                    help="resize frames so the longer side is this (default: the data's resolution)")
     f.add_argument("--holdout-every", type=_nonneg_int, default=fd.holdout_every,
@@ -91,6 +101,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (white for RGBA data, else learned), learned, white, black or r,g,b")
     f.add_argument("--bbox", type=_bbox, default=None, metavar="X0,Y0,Z0,X1,Y1,Z1",
                    help="the field's box (default: from the data)")
+    f.add_argument("--lr", type=_positive_float, default=fd.lr_grid, help=f"Adam lr of the grids (default {fd.lr_grid})")
+    f.add_argument("--upsample-at", type=_int_list, default=fd.upsample_at, metavar="S1,S2,...",
+                   help="steps at which the grids are upsampled (default " + ",".join(map(str, fd.upsample_at)) + ")")
+    f.add_argument("--occupancy-start", type=_nonneg_int, default=fd.occupancy_start,
+                   help=f"first occupancy-grid rebuild (default {fd.occupancy_start})")
+    f.add_argument("--tv-density", type=float, default=fd.tv_density, help=f"default {fd.tv_density}")
+    f.add_argument("--tv-app", type=float, default=fd.tv_app, help=f"default {fd.tv_app}")
+    f.add_argument("--l1-density", type=float, default=fd.l1_density, help=f"default {fd.l1_density}")
     f.add_argument("--checkpoint-every", type=_positive_int, default=fd.checkpoint_every)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -176,7 +194,9 @@ def _fit(args) -> int:
 
     cfg = FitConfig(steps=args.steps, seed=args.seed, batch_rays=args.batch_rays, n_voxels=args.voxels,
                     size=args.size, holdout_every=args.holdout_every, background=args.background, bbox=args.bbox,
-                    checkpoint_every=args.checkpoint_every)
+                    checkpoint_every=args.checkpoint_every, lr_grid=args.lr, upsample_at=args.upsample_at,
+                    occupancy_start=args.occupancy_start, tv_density=args.tv_density, tv_app=args.tv_app,
+                    l1_density=args.l1_density)
     with stop_on_signals() as stop:
         res = fit_scene(args.data, args.out, cfg, should_stop=stop.is_set, progress=not args.quiet, log=_print)
     if res.cancelled:

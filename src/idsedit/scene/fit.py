@@ -44,7 +44,7 @@ class FitConfig:
     steps: int = 1500               # optimisation steps
     batch_rays: int = 4096          # rays per step
     seed: int = 0                   # seed of the ray batches, jitter and field initialisation
-    n_voxels: int = 128 ** 3        # grid cells in total (cubic cells, spread over the box's axes)
+    n_voxels: int = 96 ** 3         # grid cells in total at the end (cubic cells, spread over the box's axes)
     density_rank: int = 16          # TensoRF density rank per component
     app_rank: int = 24              # TensoRF appearance rank per component
     sh_degree: int = 2              # view dependence of colour (0..2)
@@ -55,12 +55,12 @@ class FitConfig:
     lr_env: float = 1e-3            # Adam learning rate of the learned background: slow, so that surfaces of uniform
                                     # colour (a floor) become geometry before the background can imitate them
     lr_decay: float = 0.1           # final / initial learning rate (exponential decay)
-    l1_density: float = 0.0         # weight of mean |density plane and line values| (clears floaters)
-    tv_density: float = 0.0         # weight of the density grids' total variation (smooth geometry from few views)
-    tv_app: float = 0.0             # weight of the appearance grids' total variation
+    l1_density: float = 1e-4        # weight of mean |density plane and line values| (clears floaters)
+    tv_density: float = 0.01        # weight of the density grids' total variation (smooth geometry from few views)
+    tv_app: float = 0.001           # weight of the appearance grids' total variation
     n_voxels_init: int = 48 ** 3    # grid cells at the start (coarse to fine)
-    upsample_at: tuple = (100, 250, 500)   # steps at which the grids are upsampled towards n_voxels
-    occupancy_start: int = 250      # first occupancy-grid rebuild (all cells are occupied before)
+    upsample_at: tuple = (50, 150, 250)    # steps at which the grids are upsampled towards n_voxels
+    occupancy_start: int = 150      # first occupancy-grid rebuild (all cells are occupied before)
     occupancy_every: int = 250      # then rebuild it every k steps
     checkpoint_every: int = 250     # write checkpoint.pt every k steps
     holdout_every: int = 8          # single transforms.json without split lists: every k-th frame is held out
