@@ -155,3 +155,33 @@ def test_cli_bad_inputs_are_one_line_errors(capsys, tmp_path, dataset, fitted):
     assert code == 1 and len(err) == 1 and "already holds a fitted scene" in err[0]
     code, err = _run(capsys, ["scene", "render", str(res.out_dir), "--out", str(out)])
     assert code == 1 and "exactly one of --cameras" in err[0]
+
+
+def test_cli_edit_from_dataset_images_and_render_cameras_file(capsys, fitted, tmp_path):
+    """`scene edit --source-images data` through the CLI (tiny prior), then `scene render --cameras` of a file that
+    has only poses and a size (no images): one PNG + one float32 depth file per frame, +inf without a surface."""
+    from conftest import TINY_MODEL
+
+    res, _ = fitted
+    code = cli.main(["scene", "edit", str(res.out_dir), "--source", "a red cube", "--target", "a blue cube",
+                     "--method", "sds", "--steps", "1", "--source-images", "data", "--model", str(TINY_MODEL),
+                     "--device", "cpu", "--out", str(tmp_path / "e"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "report.json").read_text())["config"]["source"] == "data"
+    away = np.eye(4)
+    away[:3, :3] = np.diag([-1.0, 1.0, -1.0])              # outside the box, looking away from it: nothing there
+    away[:3, 3] = [0.0, 0.8, 20.0]
+    side = np.eye(4)
+    side[:3, 3] = [0.0, 0.8, 4.5]                        # looking down -Z at the cube
+    cams = {"camera_angle_x": 0.6, "w": 12, "h": 10, "frames": [
+        {"file_path": "views/away", "transform_matrix": away.tolist()},
+        {"file_path": "views/side.png", "transform_matrix": side.tolist()}]}
+    (tmp_path / "cams.json").write_text(json.dumps(cams))
+    code = cli.main(["scene", "render", str(res.out_dir), "--cameras", str(tmp_path / "cams.json"),
+                     "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["away.depth.npy", "away.png", "side.depth.npy",
+                                                                   "side.png"]
+    d_away, d_side = np.load(tmp_path / "r" / "away.depth.npy"), np.load(tmp_path / "r" / "side.depth.npy")
+    assert d_away.shape == (10, 12) and d_away.dtype == np.float32 and np.isinf(d_away).all()
+    assert Image.open(tmp_path / "r" / "side.png").size == (12, 10)
