@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import re
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from . import __version__
 from .cli import _err, _one_line, is_resource_error, resource_message
@@ -375,7 +373,9 @@ def run_edit(args: argparse.Namespace) -> int:
     if not todo:
         return 0
     check_device(args.device)
-    with _quiet_libraries():                         # diffusers/transformers chatter; our own warnings still show
+    from .prior import quiet_libraries
+
+    with quiet_libraries():                          # diffusers/transformers chatter (hub download bars stay on)
         prior = _load_prior(args)
         done = [_run_reported(prior, jobs[i], configs[i], variants[i], plans[i], args, single=len(jobs) == 1)
                 for i in todo]
@@ -425,30 +425,6 @@ def _load_prior(args: argparse.Namespace):
     from . import prior as prior_mod
 
     return prior_mod.load_prior(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-
-
-@contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """diffusers/transformers log only errors and show no component-loading bars while inside; their previous
-    verbosity and bar settings are restored after (download progress is huggingface_hub's, not touched here)."""
-    restore = []
-    for name in ("diffusers", "transformers"):
-        try:
-            logging_mod = importlib.import_module(f"{name}.utils.logging")
-        except ImportError:
-            continue
-        bars = getattr(logging_mod, "is_progress_bar_enabled", lambda: None)()
-        restore.append((logging_mod, logging_mod.get_verbosity(), bars))
-        logging_mod.set_verbosity_error()
-        if bars:
-            logging_mod.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for logging_mod, level, bars in restore:
-            logging_mod.set_verbosity(level)
-            if bars:
-                logging_mod.enable_progress_bar()
 
 
 def run_one(prior, job, config, variant: str, outs: Outputs, args: argparse.Namespace) -> str:
