@@ -661,3 +661,30 @@ def test_gradio_client_scene_errors_are_one_line(server, scenes_root, tmp_path, 
     with pytest.raises(AppError, match="the target prompt is empty"):
         client.predict(str(scenes_root / "red-cube"), SRC, " ", "ids", 2, 0, 4, 7.5, 3, 1.0, "exact",
                        api_name="/edit_scene")
+
+
+@pytest.mark.parametrize("variant", ["sds", "dds", "pds", "cds", "ids", "ids-jf", "ids+cut"])
+def test_cost_model_equals_the_measured_unet_work_of_a_step(tiny_prior, variant):
+    """forward_equivalents_per_step (the UI's pre-run estimate) equals what one real step pushes through the UNet
+    (samples + 2 x backward samples, counted by idsedit eval's hook)."""
+    import torch
+
+    from idsedit.edit2d import edit_latents
+    from idsedit.evaluate.runner import count_unet
+    from idsedit.ui.jobs import forward_equivalents_per_step
+    from idsedit.variants import variant_config
+
+    cfg = variant_config(variant, steps=1, seed=0)
+    z = torch.zeros(1, 4, 8, 8)
+    cond_src, cond_trg = tiny_prior.encode_text(SRC), tiny_prior.encode_text(TRG)
+    with count_unet(tiny_prior.unet) as cost:
+        edit_latents(tiny_prior, z, cond_src, cond_trg, cfg)
+    assert cost.forward_equivalents == forward_equivalents_per_step(cfg.method, cfg.distill)
+
+
+def test_first_run_gets_an_estimate_before_it_starts(tiny_prior, files, tmp_path):
+    runner = EditRunner(tiny_prior, tmp_path / "out", frames=0)
+    req = EditRequest.check(files["image"], SRC, TRG, method="ids", compare_with="dds", steps=200, seed=1)
+    est = runner.estimate(req)                           # nothing has run on this server yet
+    per_sample = runner.unet_seconds_per_sample(runner.latent_size(req.image.size))
+    assert est == pytest.approx(per_sample * 200 * (22 + 4))

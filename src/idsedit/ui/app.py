@@ -213,7 +213,7 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
             est = runner.estimate(req)
             total = sum(c.steps for c in req.configs)
             plan = " then ".join(req.methods)
-            head = (f"running {plan}, {total} steps: about {_fmt_s(est)} (measured on this server)" if est
+            head = (f"running {plan}, {total} steps: about {_fmt_s(est)} (estimated on this server)" if est
                     is not None else f"running {plan}, {total} steps: estimating the time from the first steps")
             yield _status(head), None, display(req.image), None, None, _residual_frame([]), None
             progress((0, total), desc="starting")

@@ -89,6 +89,25 @@ def edit_config(method: str, settings: Settings):
     return variant_config(method, base, **over)
 
 
+def forward_equivalents_per_step(method: str, distill) -> int:
+    """UNet forward-equivalents of one step (a sample through the UNet = 1, its backward = 2), with CFG:
+
+        sds 2;  dds, pds 4;  cds 4 + 1 + 2 = 7 (the target's feature pass with its backward);
+        ids 4 + N (2 + 2 x 2) exact / 4 + 2 N Jacobian-free (adaptive: at most the exact count); +3 with_cut.
+    Exact IDS at N = 3 is 22 per step, 4,400 per 200-step edit (the counts idsedit eval measures)."""
+    if method == "sds":
+        return 2
+    if method in ("dds", "pds"):
+        return 4
+    if method == "cds":
+        return 7
+    if method == "ids":
+        n = int(distill.fpr_iters)
+        fe = 4 + (2 * n if distill.fpr_mode == "jacobian-free" else 6 * n)
+        return fe + (3 if distill.with_cut else 0)
+    return 4
+
+
 @dataclass
 class EditRequest:
     """One checked request: the image (RGB, as load_image read it), prompts, methods (one, or two to compare),
@@ -367,6 +386,7 @@ class EditRunner:
         self._waiting: dict[str, bool] = {}                # session -> Cancel pressed while its request waited
         self._stops_lock = threading.Lock()
         self.seconds_per_step: dict[tuple, float] = {}    # (variant, latent size, settings) -> measured s/step
+        self._unet_timing: dict[tuple, float] = {}        # latent (h, w) -> seconds per UNet sample forward
 
     # ---------------------------------------------------------------- estimates
     def _key(self, method: str, req: EditRequest) -> tuple:
@@ -380,15 +400,44 @@ class EditRunner:
         return h // self.prior.vae_scale_factor, w // self.prior.vae_scale_factor
 
     def estimate(self, req: EditRequest) -> float | None:
-        """Seconds the whole request should take, from earlier runs of the same methods at the same latent size
-        on this server (None when any of them has not run yet: the first step's timing then gives it)."""
+        """Seconds the whole request should take: from earlier runs of the same methods at the same latent size
+        on this server where there are any, else from the cost model (UNet forward-equivalents per step, see
+        :func:`forward_equivalents_per_step`, times one timed UNet forward). None only when the model is busy
+        with another run and nothing was measured yet (the first steps' timing then gives it)."""
         total = 0.0
         for m, cfg in zip(req.methods, req.configs):
             sps = self.seconds_per_step.get(self._key(m, req))
             if sps is None:
-                return None
+                per_sample = self.unet_seconds_per_sample(self.latent_size(req.image.size))
+                if per_sample is None:
+                    return None
+                sps = per_sample * forward_equivalents_per_step(cfg.method, cfg.distill)
             total += sps * cfg.steps
         return total
+
+    def unet_seconds_per_sample(self, latent_hw: tuple[int, int]) -> float | None:
+        """Seconds of one UNet forward per sample at ``latent_hw`` (a batch-2 no-grad forward, timed once per
+        size; the first call is a warm-up). None if another run holds the model right now."""
+        if latent_hw in self._unet_timing:
+            return self._unet_timing[latent_hw]
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            import torch
+
+            p = self.prior
+            cond = p.encode_text("", "")
+            z = torch.zeros(2, p.unet.config.in_channels, *latent_hw, device=p.device)
+            times = []
+            with torch.no_grad():
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    p.eps([z[:1]], 500, [cond], 7.5)
+                    times.append(time.perf_counter() - t0)
+            self._unet_timing[latent_hw] = times[-1] / 2
+        finally:
+            self.lock.release()
+        return self._unet_timing[latent_hw]
 
     def prompt_notes(self, source: str, target: str) -> list[str]:
         """The prior's one-line warnings about the prompts (e.g. words a closed-vocabulary prior does not know,
