@@ -25,7 +25,8 @@ from PIL import Image
 
 from ..errors import IdseditError
 from ..metrics import capped_psnr, clip_score, latent_psnr, load_clip, load_lpips, lpips_distance, psnr, ssim
-from .runner import INVERT_SEED_OFFSET, PairedSampler, append_row, count_unet, peak_memory, read_rows, run_fingerprint
+from .runner import (INVERT_SEED_OFFSET, PairedSampler, count_unet, peak_memory, read_rows, run_fingerprint,
+                     store_row)
 
 
 def pair_seed(index: int, seed: int = 0) -> int:
@@ -70,7 +71,7 @@ def edit_pair(prior, image: Image.Image, source: str, target: str, config, *, se
 def run_pairs(prior, jobs, runs, out: Path, *, invert: bool = True, lpips=None, clip=None, seed: int = 0,
               progress: bool = True, on_row=None) -> list[dict]:
     """Edit every pair with every run; rows appended to ``out/rows.jsonl`` (resume as :func:`run_evaluation`)."""
-    from ..images import load_image, save_image_atomic
+    from ..images import load_image
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -123,14 +124,8 @@ def run_pairs(prior, jobs, runs, out: Path, *, invert: bool = True, lpips=None, 
                 row["clip_target"] = clip_score(clip, res["edited"], job.target)
                 row["clip_gain"] = row["clip_target"] - clip_score(clip, img, job.target)
             img_name = f"images/{name}.{run.label}.png".replace("[", "_").replace("]", "_").replace(",", "_")
-            save_image_atomic(res["edited"], out / img_name)
-            row.update(image=img_name, fingerprint=fp, key=f"{name}|{run.label}")
-            append_row(rows_path, row)
-            rows.append(row)
-            if bar is not None:
-                bar.update(1)
-            if on_row is not None:
-                on_row(row)
+            store_row(out, rows_path, rows, row, res["edited"], img_name, fp, f"{name}|{run.label}", bar=bar,
+                      on_row=on_row)
     finally:
         if bar is not None:
             bar.close()

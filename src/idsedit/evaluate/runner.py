@@ -343,7 +343,6 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
     """Edit every case with every run, appending each row to ``out/rows.jsonl`` as it finishes; rows already
     there with the same fingerprint are kept and their edits skipped (resume). Returns all rows in case x run
     order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits)."""
-    from ..images import save_image_atomic
     from ..mini.evaluator import load_evaluator
 
     evaluator = evaluator or load_evaluator()
@@ -380,15 +379,8 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
             if bar is not None:
                 bar.set_postfix_str(f"{case.name} {run.label}", refresh=True)
             row, img = run_edit(prior, ctx, run, evaluator, invert=invert, trace_every=trace_every)
-            name = f"images/{_safe(case.name)}.{_safe(run.label)}.png"
-            save_image_atomic(img, out / name)
-            row.update(image=name, fingerprint=fp, key=f"{case.name}|{run.label}")
-            append_row(rows_path, row)
-            rows.append(row)
-            if bar is not None:
-                bar.update(1)
-            if on_row is not None:
-                on_row(row)
+            store_row(out, rows_path, rows, row, img, f"images/{_safe(case.name)}.{_safe(run.label)}.png",
+                      fp, f"{case.name}|{run.label}", bar=bar, on_row=on_row)
     finally:
         if bar is not None:
             bar.close()
@@ -401,6 +393,22 @@ def _seedless(run) -> dict:
     d = dataclasses.asdict(run.config)
     d.pop("seed", None)
     return d
+
+
+def store_row(out: Path, rows_path: Path, rows: list, row: dict, image, image_name: str, fingerprint: str, key: str,
+              *, bar=None, on_row: Callable | None = None) -> None:
+    """One finished edit: save its image under ``out``, stamp the row with it (image, fingerprint, key), append the
+    row crash-safely to ``rows_path`` and to ``rows``, advance the progress bar and call ``on_row``."""
+    from ..images import save_image_atomic
+
+    save_image_atomic(image, out / image_name)
+    row.update(image=image_name, fingerprint=fingerprint, key=key)
+    append_row(rows_path, row)
+    rows.append(row)
+    if bar is not None:
+        bar.update(1)
+    if on_row is not None:
+        on_row(row)
 
 
 def _safe(name: str) -> str:
