@@ -86,6 +86,21 @@ def display(img, min_side: int = 256):
     return img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
 
 
+def _cancel_handler(runner: EditRunner):
+    """The Cancel button's handler (image and scene tabs alike): stop this browser's running edit before its next
+    step, or withdraw its request still waiting in the queue."""
+
+    def stop(request: gr.Request):
+        session = _session(request)
+        if runner.cancel(session):
+            return _status("cancelling: the edit stops before its next step")
+        if runner.is_waiting(session):
+            return _status("cancelled: the request leaves the queue when its turn comes, without running")
+        return gr.update()
+
+    return stop
+
+
 def _fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -268,15 +283,7 @@ def build_app(runner: EditRunner, *, examples=None, model_name: str = "", scenes
                   [status, live, out_source, out_a, out_b, plot, files], api_name="edit",
                   concurrency_limit=1, concurrency_id="model", show_progress="full", show_progress_on=[live])
 
-        def stop(request: gr.Request):
-            session = _session(request)
-            if runner.cancel(session):
-                return _status("cancelling: the edit stops before its next step")
-            if runner.is_waiting(session):
-                return _status("cancelled: the request leaves the queue when its turn comes, without running")
-            return gr.update()
-
-        cancel.click(stop, None, [status], queue=False, api_name="cancel")
+        cancel.click(_cancel_handler(runner), None, [status], queue=False, api_name="cancel")
         if scenes_root is not None and scene_available():
             scene_tab(runner, Path(scenes_root))
     return app
@@ -413,12 +420,4 @@ def scene_tab(runner: EditRunner, scenes_root) -> None:
                     api_name="edit_scene", concurrency_limit=1, concurrency_id="model", show_progress="full",
                     show_progress_on=[s_live])
 
-        def stop(request: gr.Request):
-            session = _session(request)
-            if runner.cancel(session):
-                return _status("cancelling: the edit stops before its next step")
-            if runner.is_waiting(session):
-                return _status("cancelled: the request leaves the queue when its turn comes, without running")
-            return gr.update()
-
-        s_cancel.click(stop, None, [s_status], queue=False, api_visibility="private")
+        s_cancel.click(_cancel_handler(runner), None, [s_status], queue=False, api_visibility="private")
