@@ -177,6 +177,14 @@ def test_fp16_export_loads_as_fp32(trained, tmp_path):
     ema = load_tensors(trained / "unet_ema.safetensors")
     for k, v in pipe.unet.state_dict().items():
         assert torch.equal(v, ema[k].half().float())
+    # ... and through idsedit's own loader (safetensors only, offline): fp32 modules on CPU, the v2 vocabulary
+    from idsedit import load_prior
+
+    prior = load_prior(out, device="cpu")
+    assert prior.device.type == "cpu" and prior.dtype == torch.float32
+    assert prior.unet.dtype == prior.vae.dtype == prior.pipe.text_encoder.dtype == torch.float32
+    assert torch.equal(prior.unet.state_dict()["conv_in.weight"], ema["conv_in.weight"].half().float())
+    assert "scene</w>" in prior.pipe.tokenizer.get_vocab()
 
 
 def test_cooldown_factor_closed_form():
