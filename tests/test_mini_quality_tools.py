@@ -72,3 +72,33 @@ def test_attribute_accuracy_on_ground_truth_renders():
     wrong = [dict(d, color="gray" if d["color"] != "gray" else "red") if i < 6 else d for i, d in enumerate(named)]
     res = attribute_accuracy(ev, ims, wrong)
     assert res["color_acc"] == pytest.approx(18 / 24) and res["all_named_acc"] == pytest.approx(18 / 24)
+
+
+def test_attribute_samples_are_saved_and_judged_again_without_resampling(tmp_path):
+    """--samples: the first call samples and saves, the second reads the same array back without a pipeline; a file
+    of other prompts is refused with a user error."""
+    from types import SimpleNamespace
+
+    from idsedit.errors import IdseditError
+    from idsedit.mini.quality import attribute_samples
+
+    calls = []
+
+    def fake_pipe(prompts, num_inference_steps, guidance_scale, generator, output_type):
+        calls.append((list(prompts), num_inference_steps, guidance_scale))
+        seeds = [int(g.initial_seed()) for g in generator]
+        ims = np.stack([np.full((8, 8, 3), (len(p) + 3 * s) / 100.0, np.float32) for p, s in zip(prompts, seeds)])
+        return SimpleNamespace(images=ims)
+
+    path = tmp_path / "s.npz"
+    prompts = ["a red cube", "a blue sphere on a gray floor"]
+    a = attribute_samples(lambda: fake_pipe, prompts, 3, 5, 7.5, path)
+    assert a.shape == (2, 3, 8, 8, 3) and a.dtype == np.uint8 and len(calls) == 1
+    assert calls[0] == ([prompts[0]] * 3 + [prompts[1]] * 3, 5, 7.5)
+    assert a[1, 2, 0, 0, 0] == round((len(prompts[1]) + 6) / 100.0 * 255)  # prompt 1, seed 2
+    b = attribute_samples(lambda: pytest.fail("must not sample again"), prompts, 3, 5, 7.5, path)
+    assert (a == b).all()
+    with pytest.raises(IdseditError, match="other prompts"):
+        attribute_samples(lambda: fake_pipe, prompts[:1], 3, 5, 7.5, path)
+    with pytest.raises(IdseditError, match="other prompts"):
+        attribute_samples(lambda: fake_pipe, prompts, 3, 50, 7.5, path)

@@ -52,14 +52,13 @@ def sample(pipe, prompts: list[str], seeds: list[int], steps: int = 50, guidance
     return ims.reshape(len(prompts), len(seeds), *ims.shape[1:])
 
 
-def save_grid(images: np.ndarray, labels: list[str], path: str | Path, scale: int = 2) -> Path:
+def save_grid(images: np.ndarray, labels: list[str], path: str | Path, scale: int = 2, label_w: int = 110) -> Path:
     """Save a (rows, cols, H, W, 3) uint8 grid with a text label per row (PNG, atomic)."""
     import os
 
     from PIL import Image, ImageDraw
 
     rows, cols, h, w, _ = images.shape
-    label_w = 110
     canvas = Image.new("RGB", (label_w + cols * w * scale, rows * h * scale), "white")
     draw = ImageDraw.Draw(canvas)
     for i in range(rows):
@@ -187,6 +186,33 @@ def heldout_psnr(vae, n: int, seed: int = 12345) -> float:
     return vae_psnr(vae, images.astype(np.uint8))
 
 
+def attribute_samples(pipe_fn, prompts: list[str], seeds: int, steps: int, guidance: float,
+                      path: Path | None) -> np.ndarray:
+    """The attribute-check samples (P, S, H, W, 3) uint8: read from ``path`` (.npz) when it holds the same prompts,
+    seeds, steps and guidance, else sampled with ``pipe_fn()`` and (with a path) saved there, so that a sample set
+    can be judged again by another evaluator without re-sampling."""
+    import os
+
+    from ..errors import IdseditError
+
+    key = {"prompts": np.array(prompts), "seeds": np.array(seeds), "steps": np.array(steps),
+           "guidance": np.array(guidance)}
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            same = all(k in f and f[k].shape == v.shape and (f[k] == v).all() for k, v in key.items())
+            if not same:
+                raise IdseditError(f"{path} holds samples of other prompts/seeds/steps/guidance: use another "
+                                   f"--samples path or delete it")
+            return f["images"]
+    ims = sample(pipe_fn(), prompts, list(range(seeds)), steps, guidance)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, images=ims, **key)
+        os.replace(tmp, path)
+    return ims
+
+
 def main(argv: list[str] | None = None) -> int:
     """Sample the grid + an accuracy set, print JSON."""
     p = argparse.ArgumentParser(prog="python -m idsedit.mini.quality")
@@ -200,38 +226,74 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attributes", type=int, default=0,
                    help="also: this many prompts naming colour/shape/floor/background (x --seeds samples), judged "
                         "per attribute (0 = skip)")
+    p.add_argument("--attributes-only", action="store_true",
+                   help="only the --attributes check (no 50-prompt colour/shape set, no VAE PSNR); --grid then "
+                        "samples the grid prompts alone")
+    p.add_argument("--samples", type=Path, default=None,
+                   help="npz of the --attributes samples: read when it exists (same prompts/seeds/steps/guidance), "
+                        "else written, so another --evaluator can judge the same samples without re-sampling")
+    p.add_argument("--attributes-grid", type=Path, default=None,
+                   help="PNG of the first 12 --attributes prompts x their seeds")
     p.add_argument("--evaluator", type=Path, default=None, help="evaluator weights (default: the shipped one)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
-    pipe = load_pipeline(a.model)
+    pipes = []
+
+    def pipe_fn():
+        if not pipes:
+            pipes.append(load_pipeline(a.model))
+        return pipes[0]
+
     from idsedit.shapes import COLORS, SHAPES
 
+    res = {"model": str(a.model), "seeds": a.seeds, "steps": a.steps, "guidance": a.guidance}
     prompts = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c in COLORS for s in SHAPES]
-    ims = sample(pipe, prompts, list(range(a.seeds)), a.steps, a.guidance)
-    res = accuracy(ims, prompts)
-    res.update(prompts=len(prompts), seeds=a.seeds, steps=a.steps, guidance=a.guidance)
-    res["vae_psnr_db"] = heldout_psnr(pipe.vae, a.psnr_scenes)
+    ims = None
+    if not a.attributes_only:
+        ims = sample(pipe_fn(), prompts, list(range(a.seeds)), a.steps, a.guidance)
+        res.update(accuracy(ims, prompts))
+        res.update(prompts=len(prompts))
+        res["vae_psnr_db"] = heldout_psnr(pipe_fn().vae, a.psnr_scenes)
     if a.attributes > 0:
         from .evaluator import load_evaluator
 
         ev = load_evaluator(a.evaluator) if a.evaluator else load_evaluator()
         pairs = attribute_prompts(a.attributes)
-        ims_a = sample(pipe, [t for t, _ in pairs], list(range(a.seeds)), a.steps, a.guidance)
+        ims_a = attribute_samples(pipe_fn, [t for t, _ in pairs], a.seeds, a.steps, a.guidance, a.samples)
         named = [d for _, d in pairs for _ in range(a.seeds)]
         res["attributes"] = attribute_accuracy(ev, ims_a.reshape(-1, *ims_a.shape[2:]), named)
         res["attributes"]["evaluator"] = str(a.evaluator or "shipped")
+        if a.attributes_grid is not None:
+            k = min(12, len(pairs))
+            save_grid(ims_a[:k], [t for t, _ in pairs[:k]], a.attributes_grid, label_w=360)
     if a.grid is not None:
-        rows = [prompts.index(g) if g in prompts else None for g in GRID_PROMPTS]
-        grid = np.stack([ims[r] for r in rows if r is not None])
-        save_grid(grid, [g for g, r in zip(GRID_PROMPTS, rows) if r is not None], a.grid)
+        if ims is None:
+            grid = sample(pipe_fn(), GRID_PROMPTS, list(range(a.seeds)), a.steps, a.guidance)
+            labels = GRID_PROMPTS
+        else:
+            rows = [prompts.index(g) if g in prompts else None for g in GRID_PROMPTS]
+            grid = np.stack([ims[r] for r in rows if r is not None])
+            labels = [g for g, r in zip(GRID_PROMPTS, rows) if r is not None]
+        save_grid(grid, labels, a.grid)
     print(json.dumps(res, indent=2))
     if a.json is not None:
         a.json.write_text(json.dumps(res, indent=2))
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main` with user errors (bad sample file, missing evaluator) as one ``error:`` line, exit 2."""
+    from ..errors import IdseditError
+
+    try:
+        return main(argv)
+    except IdseditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
