@@ -1,19 +1,33 @@
-"""Scene benchmark: fit a shapes-world scene, edit it with several methods, score every edit against the exact
-ground truth (idsedit.scene.evaluate). Prints a table and writes JSON; a benchmark, not a test.
+"""Scene results benchmark: fit seeded shapes-world scenes, edit each with several methods (colour and shape edits),
+score every edit against the world's exact edited renders from a grid of cameras, and report means with 95%
+bootstrap CIs over scenes, paired differences, and edit quality binned by camera view. A benchmark, not a test.
 
-    .venv/bin/python bench/scene_bench.py --seeds 113 --views 56 --holdout-every 7 --size 64 \
-        --fit-steps 1500 --methods dds,ids --edit-steps 300 --edit color=blue --out bench-out/scene
+    # the run of docs/scene-results.md (resumable: rerun the same command to continue)
+    .venv/bin/python bench/scene_bench.py --scenes 8 --methods dds,ids,cds,sds,pds --shape-methods dds,ids,cds \
+        --edit-steps 150 --out runs/scene-results
+    .venv/bin/python bench/scene_bench.py --out runs/scene-results --report-only --doc docs/scene-results-table.md
+    .venv/bin/python bench/scene_bench.py --out runs/scene-results --figures docs/   # multi-view figure, orbit GIFs
+    .venv/bin/python bench/scene_bench.py --diagnose 4 --out runs/scene-results      # 2D gradient quality per view
+    .venv/bin/python bench/scene_bench.py --memory dds,ids --out runs/scene-results  # 512x512 medium-shape step
 
-56 views with every 7th held out = 48 training views + 8 test views. Timings are wall-clock and process CPU
-seconds (the CPU seconds tell what one idle core would take when the machine is shared). The source prompt is the
-scene's canonical caption ("a red cube"), the target the caption of the edited scene ("a blue cube").
+Scene i is the source scene of ``idsedit eval``'s colour case i (run seed --case-seed); its colour edit is that
+case's, its shape edit is drawn from the same scene (idsedit.scene.evaluate.scene_cases). Each scene: a 56-view
+64x64 dataset (every 7th view held out), one fit (cached), then every method edits it with the same cameras, t and
+noise (seed --edit-seed; the step stream and the method stream of idsedit.evaluate.runner.PairedSampler, so CDS's
+permutations and PDS's second noise do not shift the t / noise that the other methods see). Every finished edit
+appends one row to OUT/rows.jsonl; a rerun skips finished rows (and resumes an interrupted edit from its
+checkpoint). Scores (idsedit.scene.evaluate) come from 16 cameras: elevations 20 and 45 x 8 azimuths; elevation 20
+azimuth 0 is the camera the bundled prior was trained on. Times are process CPU seconds (one thread) and wall.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,100 +35,490 @@ from pathlib import Path
 import numpy as np
 import torch
 
+FAMILIES = ("colour", "shape")
+METHOD_ORDER = ("source", "sds", "dds", "cds", "pds", "ids")
+COLUMNS = (("edit_success", "edit success", "pct"), ("view_edited", "views edited", "pct"),
+           ("psnr_to_target", "PSNR to truth dB", "db"), ("ssim_to_target", "SSIM to truth", "ssim"),
+           ("psnr_outside", "PSNR outside dB", "db"), ("depth_abs_err", "depth err", "depth"),
+           ("depth_err_outside", "depth err outside", "depth"))
 
-def _edits(spec: str) -> dict:
-    out = {}
-    for part in spec.split(","):
-        k, v = part.split("=")
-        out[k.strip()] = v.strip()
-    return out
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _floats(text: str) -> tuple:
+    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="113", help="comma-separated shapes-world scene seeds")
-    ap.add_argument("--views", type=int, default=56)
-    ap.add_argument("--holdout-every", type=int, default=7)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--fit-steps", type=int, default=1500)
-    ap.add_argument("--methods", default="", help="comma-separated variants to edit with (empty: fit only)")
-    ap.add_argument("--edit-steps", type=int, default=300)
-    ap.add_argument("--edit", default="color=blue", help="with_changes arguments, e.g. color=blue or shape=sphere")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--out", default="bench-out/scene")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _list(text: str) -> list:
+    return [v.strip() for v in text.split(",") if v.strip()]
 
-    from idsedit.scene.data import load_views
-    from idsedit.scene.edit import edit_scene
-    from idsedit.scene.evaluate import ground_truth, mean_ci, score_scene
-    from idsedit.scene.fit import FitConfig, fit_scene
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    """Append one line and fsync (a crash leaves whole rows only)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:          # a torn last line of a killed run: ignored, that edit reruns
+            pass
+    return rows
+
+
+def _paired_sampler_in_edit() -> None:
+    """Make idsedit.scene.edit draw from the paired two-stream sampler of idsedit eval (see the module doc)."""
+    import idsedit.scene.edit as edit_mod
+    from idsedit.evaluate.runner import PairedSampler
+
+    class _Paired(PairedSampler):
+        @classmethod
+        def seeded(cls, seed, device="cpu"):
+            return cls(int(seed), device=device)
+
+    edit_mod.Sampler = _Paired
+
+
+def _fit_config(args):
+    from idsedit.scene.fit import FitConfig
+
+    kw = {"steps": args.fit_steps, "holdout_every": args.holdout_every}
+    if args.fit_voxels:
+        kw["n_voxels"] = args.fit_voxels ** 3
+    return FitConfig(**kw)
+
+
+# --------------------------------------------------------------------------------------------------- run
+def run(args) -> None:
+    from idsedit.scene.edit import SceneEditConfig, edit_scene
+    from idsedit.scene.evaluate import (camera_tensors, eval_cameras, render_views, scene_cases, score_renders,
+                                        truths_for_cameras)
+    from idsedit.scene.fit import fit_scene
     from idsedit.scene.store import is_scene, load_scene
-    from idsedit.shapes import caption, sample_scene, with_changes, write_multiview
+    from idsedit.shapes import write_multiview
     from idsedit.variants import variant_config
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = [m for m in args.methods.split(",") if m]
+    rows_path, fits_path = out / "rows.jsonl", out / "fits.jsonl"
+    done = {(r["scene"], r["family"], r["label"], r.get("steps")) for r in _read_jsonl(rows_path)}
+    fams = _list(args.families)
+    cases = scene_cases(args.scenes, args.case_seed, fams)
+    cams = eval_cameras(_floats(args.eval_elevations), _floats(args.eval_azimuths))
+    c2w, intr, hw = camera_tensors(cams, args.size)
+    cam_info = [{"elevation": c.elevation, "azimuth": c.azimuth} for c in cams]
+    _paired_sampler_in_edit()
     prior = None
-    rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        params = sample_scene(np.random.default_rng(seed))
-        target = with_changes(params, **_edits(args.edit))
-        data = out / f"data-{seed}"
+    t_start = time.perf_counter()
+    for case in cases[args.first_scene:]:
+        data = out / f"data-{case.index}"
         if not (data / "transforms.json").is_file():
-            write_multiview(params, data, n_views=args.views, size=args.size)
-        scene_dir = out / f"scene-{seed}"
-        row = {"seed": seed, "source": caption(params), "target": caption(target)}
+            write_multiview(case.params, data, n_views=args.views, size=args.size)
+        scene_dir = out / f"scene-{case.index}"
         if not is_scene(scene_dir):
             t0, c0 = time.perf_counter(), time.process_time()
-            res = fit_scene(data, scene_dir, FitConfig(steps=args.fit_steps, holdout_every=args.holdout_every),
-                            progress=sys.stderr.isatty())
-            row["fit"] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                          "heldout_psnr": res.psnr, "depth_abs_err": res.report.get("heldout_depth_abs_err")}
-        else:
-            row["fit"] = json.loads((scene_dir / "report.json").read_text())
-            row["fit"] = {"wall_s": row["fit"]["seconds"], "heldout_psnr": row["fit"]["heldout_psnr"]}
-        test = load_views(data, "test", holdout_every=args.holdout_every)
-        truths = ground_truth(params, target, test, args.views, args.size)
-        row["source_scene"] = score_scene(load_scene(scene_dir), test, truths)["mean"]
-        for m in methods:
-            if prior is None:
-                from idsedit.prior import load_prior
+            res = fit_scene(data, scene_dir, _fit_config(args), progress=sys.stderr.isatty())
+            _append_jsonl(fits_path, {"scene": case.index, "prompt": case.edits[fams[0]][1], "steps": args.fit_steps,
+                                      "heldout_psnr": res.psnr, "wall_s": time.perf_counter() - t0,
+                                      "cpu_s": time.process_time() - c0,
+                                      "heldout_depth_abs_err": res.report.get("heldout_depth_abs_err")})
+            print(f"scene {case.index}: fitted, held-out {res.psnr:.2f} dB, {time.process_time() - c0:.0f} CPU s",
+                  flush=True)
+        src = load_scene(scene_dir)
+        src_renders = None
+        for fam in fams:
+            target, p_src, p_trg = case.edits[fam]
+            methods = _list(args.shape_methods) if fam == "shape" and args.shape_methods else _list(args.methods)
+            todo = [m for m in ["source"] + methods
+                    if (case.index, fam, m, 0 if m == "source" else args.edit_steps) not in done]
+            if not todo:
+                continue
+            truths = truths_for_cameras(case.params, target, cams, args.size)
+            for m in todo:
+                base = {"scene": case.index, "family": fam, "label": m, "case": f"{case.name}-{fam}",
+                        "source_prompt": p_src, "target_prompt": p_trg}
+                if m == "source":
+                    if src_renders is None:
+                        src_renders = render_views(src, c2w, intr, hw)
+                    sc = score_renders(src_renders, truths)
+                    row = {**base, "steps": 0}
+                else:
+                    if args.deadline and time.time() > args.deadline:
+                        print("deadline reached: stopping before the next edit (rerun to continue)", flush=True)
+                        return
+                    if prior is None:
+                        from idsedit.prior import load_prior
 
-                prior = load_prior(args.model)
-            cfg2d = variant_config(m)
-            from idsedit.scene.edit import SceneEditConfig
+                        prior = load_prior(args.model)
+                    v = variant_config(m)
+                    cfg = SceneEditConfig(method=v.method, steps=args.edit_steps, distill=v.distill,
+                                          seed=args.edit_seed, checkpoint_every=args.checkpoint_every)
+                    edited = out / f"edit-{case.index}-{fam}-{m}-{args.edit_steps}"
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    if not is_scene(edited) or (edited / "checkpoint.pt").is_file():
+                        r = edit_scene(prior, scene_dir, p_src, p_trg, edited, cfg, progress=sys.stderr.isatty())
+                        rep = r.report
+                    else:
+                        rep = json.loads((edited / "report.json").read_text())
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    sc = score_renders(render_views(load_scene(edited), c2w, intr, hw), truths)
+                    row = {**base, "steps": args.edit_steps, "method": v.method, "edit_seed": args.edit_seed,
+                           "wall_s": wall, "cpu_s": cpu, "cpu_s_per_step": cpu / args.edit_steps,
+                           "breakdown_s_per_step": rep.get("time_breakdown_s_per_step"),
+                           "unet_calls_per_step": rep.get("unet_calls_per_step"),
+                           "edit_resolution": rep.get("edit_resolution")}
+                row.update(sc["mean"])
+                row["views"] = [{**ci, **v} for ci, v in zip(cam_info, sc["views"])]
+                _append_jsonl(rows_path, row)
+                done.add((case.index, fam, m, row["steps"]))
+                print(f"scene {case.index} {fam:6s} {m:6s} success {row['edit_success']:.2f} "
+                      f"to-truth {row['psnr_to_target']:.2f} dB outside {row['psnr_outside']:.2f} dB depth "
+                      f"{row['depth_abs_err']:.3f}" + (f"  {row['cpu_s_per_step']:.2f} CPU s/step" if m != "source"
+                                                       else "") + f"  [{time.perf_counter() - t_start:.0f} s]",
+                      flush=True)
 
-            cfg = SceneEditConfig(method=cfg2d.method, steps=args.edit_steps, distill=cfg2d.distill)
-            edited = out / f"edit-{seed}-{m}"
-            t0, c0 = time.perf_counter(), time.process_time()
-            if not is_scene(edited):
-                r = edit_scene(prior, scene_dir, row["source"], row["target"], edited, cfg, progress=sys.stderr.isatty())
-                rep = r.report
-            else:
-                rep = json.loads((edited / "report.json").read_text())
-            row[m] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                      "s_per_step": rep.get("seconds_per_step_this_run"),
-                      "breakdown": rep.get("time_breakdown_s_per_step"),
-                      "scores": score_scene(load_scene(edited), test, truths)["mean"]}
-        rows.append(row)
-        (out / "results.json").write_text(json.dumps(rows, indent=1))
-    print(f"{'seed':>5} {'fit dB':>7} {'fit s':>7} | " + " | ".join(f"{m}: success / dB to target / dB outside / "
-                                                                       "depth err" for m in methods))
-    for r in rows:
-        cells = [f"{r[m]['scores']['edit_success']:.2f} / {r[m]['scores']['psnr_to_target']:.1f} / "
-                 f"{r[m]['scores']['psnr_outside']:.1f} / {r[m]['scores']['depth_abs_err']:.3f}" for m in methods]
-        print(f"{r['seed']:>5} {r['fit']['heldout_psnr']:>7.2f} {r['fit']['wall_s']:>7.0f} | " + " | ".join(cells))
-    if len(rows) > 1:
+
+# --------------------------------------------------------------------------------------------------- report
+def _fmt(v: float, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return {"pct": f"{100 * v:.0f}%", "db": f"{v:.2f}", "ssim": f"{v:.3f}", "depth": f"{v:.3f}",
+            "s": f"{v:.2f}"}[kind]
+
+
+def _ci(t, kind: str, signed: bool = False) -> str:
+    m, lo, hi = t
+    if m is None or math.isnan(m):
+        return "-"
+    f = (lambda x: ("+" if x > 0 else "") + _fmt(x, kind)) if signed else (lambda x: _fmt(x, kind))
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
+
+
+def _order(labels):
+    return sorted(labels, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+
+
+def report(args) -> str:
+    from idsedit.scene.evaluate import by_view, paired, summarise
+
+    out = Path(args.out)
+    rows = [r for r in _read_jsonl(out / "rows.jsonl") if r["label"] == "source" or r["steps"] == args.edit_steps]
+    if not rows:
+        return "no rows yet"
+    fits = _read_jsonl(out / "fits.jsonl")
+    summ = summarise(rows)
+    lines = []
+    if fits:
+        p = [f["heldout_psnr"] for f in fits]
+        lines.append(f"Source fits: {len(fits)} scenes, held-out PSNR {np.mean(p):.2f} dB (min {min(p):.2f}, max "
+                     f"{max(p):.2f}), {np.mean([f['cpu_s'] for f in fits]):.0f} CPU s per fit.\n")
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        labels = _order({lab for (f, lab) in summ if f == fam})
+        lines.append(f"**{fam} edits** (mean over scenes [95% bootstrap CI]; {args.edit_steps} steps)\n")
+        lines.append("| method | scenes | " + " | ".join(c[1] for c in COLUMNS) + " | CPU s/step |")
+        lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|")
+        for lab in labels:
+            s = summ[(fam, lab)]
+            sps = [r["cpu_s_per_step"] for r in rows if r["family"] == fam and r["label"] == lab
+                   and "cpu_s_per_step" in r]
+            lines.append(f"| {'source (no edit)' if lab == 'source' else lab.upper()} | {s['n']} | "
+                         + " | ".join(_ci(s[k], kind) for k, _, kind in COLUMNS)
+                         + f" | {_fmt(float(np.mean(sps)), 's') if sps else '-'} |")
+        lines.append("")
+        pairs = [(a, b) for a, b in (("ids", "dds"), ("ids", "cds"), ("cds", "dds"), ("dds", "sds"))
+                 if a in labels and b in labels]
+        if pairs:
+            lines.append(f"Paired differences, {fam} edits (same scenes, cameras, t and noise; mean [95% CI])\n")
+            lines.append("| difference | scenes | " + " | ".join(c[1] for c in COLUMNS) + " |")
+            lines.append("|---|---|" + "---|" * len(COLUMNS))
+            for a, b in pairs:
+                d = paired(rows, a, b, fam)
+                lines.append(f"| {a.upper()} - {b.upper()} | {d['n']} | "
+                             + " | ".join(_ci(d[k], kind, signed=True) for k, _, kind in COLUMNS) + " |")
+            lines.append("")
+    bv = by_view(rows)
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        labels = [lab for lab in _order({k[1] for k in bv if k[0] == fam}) if lab != "source"]
+        if not labels:
+            continue
+        lines.append(f"**By view, {fam} edits**: edit success / PSNR outside the object minus the unedited source "
+                     "scene's on the same views (dB), mean over scenes [95% CI]; azimuth = angular distance from "
+                     "the prior's training azimuth 0 (45-135 average the two sides)\n")
+        lines.append("| elevation | azimuth | " + " | ".join(lab.upper() for lab in labels) + " |")
+        lines.append("|---|---|" + "---|" * len(labels))
+        bins = sorted({(k[2], k[3]) for k in bv if k[0] == fam})
+        for el, az in bins:
+            cells = []
+            for lab in labels:
+                c = bv.get((fam, lab, el, az))
+                if c is None:
+                    cells.append("-")
+                    continue
+                d = c.get("psnr_outside_vs_source", (math.nan,) * 3)
+                cells.append(f"{_fmt(c['edit_success'][0], 'pct')} [{_fmt(c['edit_success'][1], 'pct')}, "
+                             f"{_fmt(c['edit_success'][2], 'pct')}] / {_ci(d, 'db', signed=True)}")
+            mark = " (prior's camera)" if el == 20.0 and az == 0.0 else ""
+            lines.append(f"| {el:.0f} | {az:.0f}{mark} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    if args.doc:
+        Path(args.doc).write_text(text + "\n")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------- figures
+def _up(a: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, k, 0), k, 1)
+
+
+def _label(img: np.ndarray, text: str, width: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    pad = Image.new("RGB", (width, img.shape[0]), "white")
+    ImageDraw.Draw(pad).text((4, img.shape[0] // 2 - 6), text, fill="black")
+    return np.concatenate([np.asarray(pad), img], 1)
+
+
+def figures(args) -> None:
+    """docs: scene-results-multiview-<family>.png (source | DDS | IDS | truth from 4 azimuths, colour and depth)
+    and scene-results-orbit.gif / scene-results-orbit-depth.gif (DDS | IDS)."""
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    from idsedit.scene.evaluate import camera_tensors, eval_cameras, render_views, scene_cases, truths_for_cameras
+    from idsedit.scene.outputs import depth_colour, depth_range, render_orbit
+    from idsedit.scene.store import load_scene
+
+    out, docs = Path(args.out), Path(args.figures)
+    i = args.figure_scene
+    case = scene_cases(i + 1, args.case_seed, _list(args.families))[i]
+    cams = eval_cameras((args.figure_elevation,), (0.0, 90.0, 180.0, 270.0))
+    c2w, intr, hw = camera_tensors(cams, args.size)
+    k = 3
+    for fam in _list(args.families):
+        target, p_src, p_trg = case.edits[fam]
+        scenes = {"source": out / f"scene-{i}", "DDS": out / f"edit-{i}-{fam}-dds-{args.edit_steps}",
+                  "IDS": out / f"edit-{i}-{fam}-ids-{args.edit_steps}"}
+        if not all(p.is_dir() for p in scenes.values()):
+            print(f"figures: {fam}: missing {[str(p) for p in scenes.values() if not p.is_dir()]}")
+            continue
+        rend = {name: render_views(load_scene(p), c2w, intr, hw) for name, p in scenes.items()}
+        truths = truths_for_cameras(case.params, target, cams, args.size)
+        rend["truth"] = [(t.trg_rgb, t.trg_depth, None) for t in truths]
+        lo, hi = depth_range(*[np.stack([d for _, d, _ in v]) for v in rend.values()])
+        rows = []
+        for name, views in rend.items():
+            col = [_up((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), k) for rgb, _, _ in views]
+            dep = [_up(depth_colour(d, lo, hi), k) for _, d, _ in views]
+            gap = np.full((col[0].shape[0], 6, 3), 255, np.uint8)
+            parts = []
+            for x in col + [np.full((col[0].shape[0], 16, 3), 255, np.uint8)] + dep:
+                parts += [x, gap]
+            rows.append(_label(np.concatenate(parts[:-1], 1), name, 60))
+        head = np.full((18, rows[0].shape[1], 3), 255, np.uint8)
+        img = Image.fromarray(np.concatenate([head] + [np.pad(r, [(0, 4), (0, 0), (0, 0)], constant_values=255)
+                                                       for r in rows], 0))
+        from PIL import ImageDraw
+
+        d = ImageDraw.Draw(img)
+        w = 64 * k + 6
+        for j, c in enumerate(cams):
+            d.text((60 + j * w + 4, 3), f"colour az {c.azimuth:.0f}", fill="black")
+            d.text((60 + 4 * w + 16 + j * w + 4, 3), f"depth az {c.azimuth:.0f}", fill="black")
+        path = docs / f"scene-results-multiview-{fam}.png"
+        img.save(path)
+        print(f"wrote {path}  ({p_src!r} -> {p_trg!r}, elevation {args.figure_elevation:.0f})")
+    fam = _list(args.families)[0]
+    dds, ids = out / f"edit-{i}-{fam}-dds-{args.edit_steps}", out / f"edit-{i}-{fam}-ids-{args.edit_steps}"
+    if dds.is_dir() and ids.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            render_orbit(load_scene(ids), args.orbit_frames, tmp, compare=load_scene(dds), upscale=2, progress=False)
+            for a, b in (("orbit.gif", "scene-results-orbit.gif"), ("orbit_depth.gif", "scene-results-orbit-depth.gif")):
+                shutil.copyfile(Path(tmp) / a, docs / b)
+                print(f"wrote {docs / b} ({(docs / b).stat().st_size / 1024:.0f} KiB)")
+
+
+# --------------------------------------------------------------------------------------------------- diagnosis
+def diagnose(args) -> str:
+    """Per view, on the exact renders (no radiance field): the method's first-step latent update at z = E(source)
+    against the direction to the edited truth E(target): cosine(-grad, z_gt - z_src), and the share of the
+    update's energy outside the edited object (the latent-resolution mask). Same (t, noise) for every method."""
+    from idsedit import loop
+    from idsedit.evaluate.runner import PairedSampler
+    from idsedit.prior import load_prior
+    from idsedit.scene.evaluate import azimuth_offset, eval_cameras, scene_cases, truths_for_cameras
+    from idsedit.variants import variant_config
+
+    prior = load_prior(args.model)
+    cams = eval_cameras(_floats(args.eval_elevations), _floats(args.eval_azimuths))
+    res = {}
+    methods = _list(args.diagnose_methods)
+    for case in scene_cases(args.diagnose, args.case_seed, ("colour",)):
+        target, p_src, p_trg = case.edits["colour"]
+        truths = truths_for_cameras(case.params, target, cams, args.size)
+        x_src = torch.tensor(np.stack([t.src_rgb for t in truths]), dtype=torch.float32).permute(0, 3, 1, 2)
+        x_trg = torch.tensor(np.stack([t.trg_rgb for t in truths]), dtype=torch.float32).permute(0, 3, 1, 2)
+        masks = torch.tensor(np.stack([t.mask for t in truths]), dtype=torch.float32)[:, None]
+        with torch.no_grad():
+            z_src, z_gt = prior.encode(x_src.clamp(0, 1)), prior.encode(x_trg.clamp(0, 1))
+        lm = torch.nn.functional.adaptive_max_pool2d(masks, z_src.shape[-2:]) > 0
+        cs, ct = prior.encode_text(p_src), prior.encode_text(p_trg)
         for m in methods:
-            for k in ("edit_success", "psnr_to_target", "psnr_outside", "depth_abs_err"):
-                mu, hw = mean_ci([r[m]["scores"][k] for r in rows])
-                print(f"{m} {k}: {mu:.3f} +- {hw:.3f} (95% CI over {len(rows)} scenes)")
+            v = variant_config(m)
+            for vi, cam in enumerate(cams):
+                sampler = PairedSampler(args.edit_seed * 1000 + case.index)
+                for _ in range(args.diagnose_draws):
+                    zs, zg = z_src[vi:vi + 1], z_gt[vi:vi + 1]
+                    draw = loop.draw_step(sampler, zs)
+                    zt = zs.clone().requires_grad_(True)
+                    _, o = loop.distill_step(prior, v.method, zs, zt, draw, cs, ct, v.distill, sampler)
+                    g = -o.grad.detach()[0]
+                    want = (zg - zs)[0]
+                    cos = float((g * want).sum() / (g.norm() * want.norm() + 1e-12))
+                    out_share = float((g * g * (~lm[vi]).float()).sum() / ((g * g).sum() + 1e-12))
+                    key = (m, cam.elevation, azimuth_offset(cam.azimuth))
+                    res.setdefault(key, []).append((case.index, cos, out_share))
+    lines = ["| method | elevation | azimuth | cos(update, to truth) | update energy outside the object |",
+             "|---|---|---|---|---|"]
+    from idsedit.metrics import bootstrap_ci
+
+    summary = {}
+    for (m, el, az), vals in sorted(res.items()):
+        per_scene = {}
+        for s, c, o in vals:
+            per_scene.setdefault(s, []).append((c, o))
+        cos = [float(np.mean([c for c, _ in v])) for v in per_scene.values()]
+        sh = [float(np.mean([o for _, o in v])) for v in per_scene.values()]
+        cc, oc = bootstrap_ci(cos), bootstrap_ci(sh)
+        summary[f"{m} {el:.0f} {az:.0f}"] = {"cos": cc, "outside_share": oc, "n_scenes": len(per_scene)}
+        lines.append(f"| {m.upper()} | {el:.0f} | {az:.0f} | {_ci(cc, 'ssim')} | {_ci(oc, 'pct')} |")
+    text = "\n".join(lines)
+    (Path(args.out) / "diagnose.json").write_text(json.dumps(summary, indent=1))
+    (Path(args.out) / "diagnose.md").write_text(text + "\n")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------- memory
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def memory_child(args) -> int:
+    """One 512x512 scene edit step with the random-weight "medium" shape (SD-1.5-sized latents 64x64x4): print
+    {rss before the step, peak RSS of the process (ru_maxrss), seconds} as JSON."""
+    import tempfile
+
+    from idsedit.models_from_config import build_prior
+    from idsedit.scene.edit import SceneEditConfig, edit_scene
+    from idsedit.variants import variant_config
+
+    torch.set_num_threads(1)
+    prior = build_prior(args.memory_shape)
+    scene_dir = Path(args.out) / f"scene-{args.figure_scene}"
+    v = variant_config(args.memory_child)
+    cfg = SceneEditConfig(method=v.method, steps=1, distill=v.distill, seed=0, checkpoint_every=10)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the source view (render + encode, no gradient) is made once before the timed step, as in a long edit
+        import gc
+
+        gc.collect()
+        rss0 = _rss_mib()
+        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = edit_scene(prior, scene_dir, "a red cone", "a gray cone", Path(tmp) / "e", cfg, progress=False)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"method": args.memory_child, "shape": args.memory_shape, "rss_before_mib": rss0,
+                      "peak_before_mib": peak0, "peak_rss_mib": peak, "wall_s": time.perf_counter() - t0,
+                      "cpu_s": time.process_time() - c0, "edit_resolution": r.report.get("edit_resolution"),
+                      "breakdown_s": r.report.get("time_breakdown_s_per_step"),
+                      "unet_calls": r.report.get("unet_calls_per_step")}))
+    return 0
+
+
+def memory(args) -> list:
+    res = []
+    for m in _list(args.memory):
+        cmd = [sys.executable, __file__, "--memory-child", m, "--out", args.out, "--figure-scene",
+               str(args.figure_scene), "--memory-shape", args.memory_shape]
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if p.returncode != 0:
+            print(p.stderr[-3000:])
+            continue
+        res.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        print(json.dumps(res[-1]), flush=True)
+    (Path(args.out) / "memory.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=8, help="number of seeded scenes")
+    ap.add_argument("--first-scene", type=int, default=0)
+    ap.add_argument("--case-seed", type=int, default=0, help="run seed of idsedit eval's colour cases")
+    ap.add_argument("--families", default="colour,shape")
+    ap.add_argument("--methods", default="dds,ids,cds,sds,pds", help="variants (colour edits; shape edits too unless "
+                    "--shape-methods)")
+    ap.add_argument("--shape-methods", default="", help="variants for shape edits (default: --methods)")
+    ap.add_argument("--views", type=int, default=56)
+    ap.add_argument("--holdout-every", type=int, default=7)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--fit-steps", type=int, default=1500)
+    ap.add_argument("--fit-voxels", type=int, default=0, help="final grid cells per side (0: FitConfig's default)")
+    ap.add_argument("--edit-steps", type=int, default=150)
+    ap.add_argument("--edit-seed", type=int, default=0)
+    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--eval-elevations", default="20,45")
+    ap.add_argument("--eval-azimuths", default="0,45,90,135,180,225,270,315")
+    ap.add_argument("--deadline", type=float, default=0.0, help="unix time after which no new edit starts")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/scene-results")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--doc", default=None, help="also write the markdown tables to this file")
+    ap.add_argument("--figures", default=None, help="folder for the figures (from the cached edits)")
+    ap.add_argument("--figure-scene", type=int, default=0)
+    ap.add_argument("--figure-elevation", type=float, default=30.0)
+    ap.add_argument("--orbit-frames", type=int, default=24)
+    ap.add_argument("--diagnose", type=int, default=0, help="per-view 2D gradient diagnosis on this many scenes")
+    ap.add_argument("--diagnose-methods", default="dds,ids")
+    ap.add_argument("--diagnose-draws", type=int, default=2)
+    ap.add_argument("--memory", default="", help="methods whose 512x512 medium-shape edit step memory to measure")
+    ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-shape", default="medium")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return memory_child(args)
+    if args.memory:
+        memory(args)
+        return 0
+    if args.diagnose:
+        print(diagnose(args))
+        return 0
+    if args.figures:
+        figures(args)
+        return 0
+    if not args.report_only:
+        run(args)
+    print(report(args))
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     sys.exit(main())
