@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ablate-methods", default=None, help="runs the ablations vary (default: dds,ids)")
     g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the automatic rule)")
     g.add_argument("--no-invert", action="store_true", help="skip the A -> B -> A edit (halves the time)")
+    g.add_argument("--batch", type=int, default=None,
+                   help="cases that share each UNet call (SDS, DDS, PDS, IDS exact/JF; each case keeps its own t, "
+                        "noise and step); 1: one case at a time (default: the preset's, 8; quick 3)")
     g.add_argument("--trace-every", type=int, default=None,
                    help="decode every k steps for the drift curve (0: never)")
     g.add_argument("--residual-cases", type=int, default=None,
@@ -106,12 +109,15 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "residual_cases": args.residual_cases if args.residual_cases is not None else pre.residual_cases,
         "residual_ts": list(pre.residual_ts), "n_boot": pre.n_boot,
         "grid_cases": args.grid_cases if args.grid_cases is not None else pre.grid_cases,
-        "invert": not args.no_invert, "lr": args.lr, "case_seed": args.case_seed, "baseline": args.baseline,
+        "invert": not args.no_invert, "batch": args.batch if args.batch is not None else pre.batch,
+        "lr": args.lr, "case_seed": args.case_seed, "baseline": args.baseline,
     }
     if s["per_family"] < 1:
         raise IdseditError(f"--n must be >= 1, got {s['per_family']}")
     if s["steps"] < 1 or any(v < 1 for v in s["ablations"].get("steps", [])):
         raise IdseditError("--steps values must be >= 1")
+    if s["batch"] < 1:
+        raise IdseditError(f"--batch must be >= 1, got {s['batch']}")
     if s["trace_every"] < 0 or s["residual_cases"] < 0:
         raise IdseditError("--trace-every and --residual-cases must be >= 0")
     return s
@@ -170,7 +176,7 @@ def _main(args) -> int:
 
     t0 = time.perf_counter()
     rows = run_evaluation(prior, cases, runs, out, invert=s["invert"], trace_every=s["trace_every"],
-                          progress=not args.quiet, log=print)
+                          progress=not args.quiet, log=print, batch=s["batch"])
     residuals = None
     if s["residual_cases"]:
         residuals = _residuals(prior, cases, s, out)

@@ -50,7 +50,7 @@ NO_EDIT = "no-edit"
 It is the ceiling of every identity metric (what the autoencoder and the evaluator alone lose) and the floor of
 target reached."""
 
-ABLATION_KEYS = {"fpr_iters": "N", "fpr_lambda": "lambda", "steps": "steps", "guidance": "w"}
+ABLATION_KEYS = {"fpr_iters": "N", "fpr_lambda": "lambda", "steps": "steps", "guidance": "w", "weight": "weight"}
 """Ablation setting -> the short name used in run labels."""
 
 
@@ -127,6 +127,11 @@ def _override(cfg, key: str, value):
         if cfg.steps == value:
             return None, value
         return dataclasses.replace(cfg, steps=value), value
+    if key == "weight":     # the distillation term's weight (w_dds): with SGD, weight k = a k times larger step
+        value = float(value)
+        if cfg.weight == value:
+            return None, value
+        return dataclasses.replace(cfg, weight=value), value
     raise IdseditError(f"unknown ablation setting {key!r}: use one of {', '.join(ABLATION_KEYS)}")
 
 
@@ -150,8 +155,8 @@ def ablation_run(run: EvalRun, changes: dict) -> EvalRun | None:
 def build_runs(methods: list[str], base_config, ablations: dict | None = None,
                ablate_methods: list[str] | None = None, product: bool = False) -> list[EvalRun]:
     """The runs of an evaluation: each method, then ablations of the methods in ``ablate_methods`` (default: all
-    of ``methods``). ``ablations`` maps a setting (fpr_iters, fpr_lambda, steps, guidance) to the values to try:
-    one factor at a time around the run's own settings, or (``product``) every combination. Labels are unique;
+    of ``methods``). ``ablations`` maps a setting (fpr_iters, fpr_lambda, steps, guidance, weight) to the values to
+    try: one factor at a time around the run's own settings, or (``product``) every combination. Labels are unique;
     an ablation that does not apply or equals its base run is skipped."""
     import itertools
 

@@ -6,6 +6,9 @@
     full       as standard with 25 cases per family (150).
     frontier   the cost-quality sweep: DDS and the IDS variants at 25 / 50 / 100 / 200 steps and N = 1, 2
                and every combination (quality against UNet forward-equivalents per edit), 4 cases per family.
+
+Every preset edits the cases in batches (quick: 3, the others: 8 cases per batched edit; ``--batch 1``: one at a
+time); results are those of unbatched edits to float tolerance (idsedit.evaluate.batching).
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ class Preset:
     n_boot: int = 2000
     grid_cases: int = 12
     product: bool = False           # ablations: every combination (frontier) instead of one factor at a time
+    batch: int = 8                  # cases per batched edit (runner.run_edits; docs/eval.md "Batched edits")
 
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(per_family=1, steps=2, ablations={"fpr_iters": [1], "steps": [1]}, trace_every=1,
-                    residual_cases=1, residual_ts=(100, 500, 900), n_boot=200, grid_cases=6),
+                    residual_cases=1, residual_ts=(100, 500, 900), n_boot=200, grid_cases=6, batch=3),
     "standard": Preset(per_family=10, steps=200,
                        ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
                                   "guidance": [3.0, 15.0]}),

@@ -232,7 +232,7 @@ CSV_FIELDS = ("case", "family", "label", "variant", "base", "seed", "steps", "so
               "target_reached", "identity_kept", "kept_fraction", "psnr_outside", "ssim_outside", "psnr_target",
               "ssim_target", "vae_psnr_outside", "invert_psnr", "invert_psnr_outside", "invert_latent_psnr",
               "psnr_source", "ssim_source", "lpips_source", "clip_target", "clip_gain",
-              "seconds", "invert_seconds", "fe", "peak_mem_mib", "mem_kind", "image")
+              "seconds", "invert_seconds", "batch", "fe", "peak_mem_mib", "mem_kind", "image")
 
 
 def rows_csv(rows: list[dict]) -> str:

@@ -272,13 +272,45 @@ def _edit(prior, z_src, cond_src, cond_trg, config, sampler, callback):
     return edit_latents(prior, z_src, cond_src, cond_trg, config, sampler=sampler, callback=callback)
 
 
-def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, trace_every: int = 0) -> tuple[dict, object]:
-    """Edit ``ctx.case`` with ``run``; returns (row, edited PIL image). See the module docstring for the fields."""
-    import dataclasses
-
+def _score_row(prior, ctx: CaseContext, run, config, edited_arr, evaluator, *, seconds: float, unet: dict, fe: int,
+               mem: dict, trace_steps, trace_psnr, fpr_t, fpr_norms, batch: int) -> tuple[dict, object]:
+    """The row of one finished forward edit (without the A -> B -> A fields) and its PIL image."""
     from PIL import Image
 
     from ..mini.evaluator import score_edit
+
+    case = ctx.case
+    edited = Image.fromarray((edited_arr * 255).round().astype(np.uint8))
+    score = score_edit(ctx.source_arr, edited_arr, source_params=case.source_params,
+                       target_params=case.target_params, source_mask=ctx.source_mask, evaluator=evaluator)
+    row = {
+        "case": case.name, "family": case.attribute, "label": run.label, "variant": run.variant,
+        "base": run.base or run.label, "ablation": list(run.ablation) if run.ablation else None, "seed": case.seed,
+        "source_prompt": case.source_prompt, "target_prompt": case.target_prompt,
+        "steps": 0 if run.variant == "none" else config.steps,
+        "changed": score["changed"], "reached": score["reached"], "kept": score["kept"],
+        "target_reached": score["target_reached"], "identity_kept": score["identity_kept"],
+        "kept_fraction": score["kept_fraction"],
+        "psnr_target": capped_psnr(score["psnr_target"]), "ssim_target": _finite(score["ssim_target"]),
+        "psnr_outside": capped_psnr(score["psnr_outside"]), "ssim_outside": _finite(score["ssim_outside"]),
+        "vae_psnr_outside": ctx.vae_psnr_outside, "pred": score["pred"],
+        "seconds": round(seconds, 4), "unet": unet, "fe": fe, **mem, "batch": batch,
+        "trace": {"step": trace_steps, "psnr_outside": trace_psnr} if trace_steps else None,
+        "fpr": {"t": fpr_t, "norms": fpr_norms} if fpr_t else None,
+    }
+    return row, edited
+
+
+def _invert_fields(ctx: CaseContext, aba: np.ndarray, z_back: torch.Tensor, seconds: float) -> dict:
+    return dict(invert_psnr=capped_psnr(psnr(aba, ctx.source_arr)),
+                invert_psnr_outside=capped_psnr(psnr(aba, ctx.source_arr, mask=ctx.outside)),
+                invert_latent_psnr=latent_psnr(ctx.z_src.cpu().numpy(), z_back.cpu().numpy()),
+                invert_seconds=round(seconds, 4))
+
+
+def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, trace_every: int = 0) -> tuple[dict, object]:
+    """Edit ``ctx.case`` with ``run``; returns (row, edited PIL image). See the module docstring for the fields."""
+    import dataclasses
 
     case = ctx.case
     config = dataclasses.replace(run.config, seed=case.seed)
@@ -302,56 +334,103 @@ def run_edit(prior, ctx: CaseContext, run, evaluator, *, invert: bool = True, tr
             z = _edit(prior, ctx.z_src, ctx.cond_src, ctx.cond_trg, config, sampler, on_step)
             edited_arr = _decode_arr(prior, z)
         seconds = time.perf_counter() - t0
-    edited = Image.fromarray((edited_arr * 255).round().astype(np.uint8))
-    score = score_edit(ctx.source_arr, edited_arr, source_params=case.source_params,
-                       target_params=case.target_params, source_mask=ctx.source_mask, evaluator=evaluator)
-    row = {
-        "case": case.name, "family": case.attribute, "label": run.label, "variant": run.variant,
-        "base": run.base or run.label, "ablation": list(run.ablation) if run.ablation else None, "seed": case.seed,
-        "source_prompt": case.source_prompt, "target_prompt": case.target_prompt,
-        "steps": 0 if run.variant == "none" else config.steps,
-        "changed": score["changed"], "reached": score["reached"], "kept": score["kept"],
-        "target_reached": score["target_reached"], "identity_kept": score["identity_kept"],
-        "kept_fraction": score["kept_fraction"],
-        "psnr_target": capped_psnr(score["psnr_target"]), "ssim_target": _finite(score["ssim_target"]),
-        "psnr_outside": capped_psnr(score["psnr_outside"]), "ssim_outside": _finite(score["ssim_outside"]),
-        "vae_psnr_outside": ctx.vae_psnr_outside, "pred": score["pred"],
-        "seconds": round(seconds, 4), "unet": cost.record(), "fe": cost.forward_equivalents, **mem,
-        "trace": {"step": trace_steps, "psnr_outside": trace_psnr} if trace_steps else None,
-        "fpr": {"t": fpr_t, "norms": fpr_norms} if fpr_t else None,
-    }
+    row, edited = _score_row(prior, ctx, run, config, edited_arr, evaluator, seconds=seconds, unet=cost.record(),
+                             fe=cost.forward_equivalents, mem=mem, trace_steps=trace_steps, trace_psnr=trace_psnr,
+                             fpr_t=fpr_t, fpr_norms=fpr_norms, batch=1)
     if invert and run.variant == "none":
-        row.update(invert_psnr=capped_psnr(psnr(ctx.recon, ctx.source_arr)),
-                   invert_psnr_outside=capped_psnr(psnr(ctx.recon, ctx.source_arr, mask=ctx.outside)),
-                   invert_latent_psnr=latent_psnr(ctx.z_src.cpu().numpy(), ctx.z_src.cpu().numpy()), invert_seconds=0.0)
+        row.update(_invert_fields(ctx, ctx.recon, ctx.z_src, 0.0))
     elif invert:
         back = PairedSampler(case.seed + INVERT_SEED_OFFSET, run.t_grid, device="cpu")
         t1 = time.perf_counter()
         z_back = _edit(prior, z, ctx.cond_trg, ctx.cond_src, config, back, None)
         aba = _decode_arr(prior, z_back)
-        row.update(invert_psnr=capped_psnr(psnr(aba, ctx.source_arr)),
-                   invert_psnr_outside=capped_psnr(psnr(aba, ctx.source_arr, mask=ctx.outside)),
-                   invert_latent_psnr=latent_psnr(ctx.z_src.cpu().numpy(), z_back.cpu().numpy()),
-                   invert_seconds=round(time.perf_counter() - t1, 4))
+        row.update(_invert_fields(ctx, aba, z_back, time.perf_counter() - t1))
     return row, edited
+
+
+def run_edits(prior, ctxs: list[CaseContext], run, evaluator, *, invert: bool = True,
+              trace_every: int = 0) -> list[tuple[dict, object]]:
+    """Edit K cases with ``run`` in ONE batched edit loop when the run allows it (:func:`batching.batchable`),
+    else one by one; returns [(row, image)] in the order of ``ctxs``.
+
+    Each case's row is the one :func:`run_edit` gives (to float tolerance; see :mod:`idsedit.evaluate.batching`):
+    its own t and noise, its own step (``loss_scale`` x K undoes the loss's mean over views), its own FPR
+    residuals, and the UNet work it would do alone (calls as alone, samples and backward samples / K, so ``fe``
+    is unchanged). ``seconds`` and ``invert_seconds`` are the batch's wall time / K (amortised); ``batch`` = K.
+    """
+    import dataclasses
+
+    from .batching import BatchPrior, BatchSampler, batchable, stack_conds
+
+    k = len(ctxs)
+    if k == 1 or not batchable(run, prior):
+        return [run_edit(prior, c, run, evaluator, invert=invert, trace_every=trace_every) for c in ctxs]
+    config = dataclasses.replace(run.config, seed=None, loss_scale=run.config.loss_scale * k)
+    z_src = torch.cat([c.z_src for c in ctxs])
+    cond_src, cond_trg = stack_conds([c.cond_src for c in ctxs]), stack_conds([c.cond_trg for c in ctxs])
+    traces = [([], []) for _ in ctxs]
+    fprs = [([], []) for _ in ctxs]
+    bprior = BatchPrior(prior, z_src, record=config.method == "ids")
+
+    def on_step(i, z, draw, out):
+        per_case = bprior.take_residuals()
+        if per_case:
+            for j in range(k):
+                fprs[j][0].append(int(draw.t.flatten()[j]))
+                fprs[j][1].append([round(float(n), 5) for n in per_case[j]])
+        if trace_every and ((i + 1) % trace_every == 0 or i + 1 == config.steps):
+            for j, c in enumerate(ctxs):
+                traces[j][0].append(i + 1)
+                traces[j][1].append(capped_psnr(psnr(_decode_arr(prior, z[j:j + 1].detach()), c.source_arr,
+                                                     mask=c.outside)))
+
+    sampler = BatchSampler([PairedSampler(c.case.seed, run.t_grid, device="cpu") for c in ctxs])
+    with peak_memory(prior.device) as mem, count_unet(prior.unet) as cost:
+        t0 = time.perf_counter()
+        z = _edit(bprior, z_src, cond_src, cond_trg, config, sampler, on_step)
+        edited = [_decode_arr(prior, z[j:j + 1]) for j in range(k)]
+        seconds = (time.perf_counter() - t0) / k
+    per_case = UNetCost(cost.forward, cost.samples // k, cost.backward, cost.backward_samples // k)
+    out = [_score_row(prior, c, run, config, edited[j], evaluator, seconds=seconds, unet=per_case.record(),
+                      fe=per_case.forward_equivalents, mem=mem, trace_steps=traces[j][0], trace_psnr=traces[j][1],
+                      fpr_t=fprs[j][0], fpr_norms=fprs[j][1], batch=k) for j, c in enumerate(ctxs)]
+    if invert:
+        bprior = BatchPrior(prior, z, record=False)
+        back = BatchSampler([PairedSampler(c.case.seed + INVERT_SEED_OFFSET, run.t_grid, device="cpu") for c in ctxs])
+        t1 = time.perf_counter()
+        z_back = _edit(bprior, z, cond_trg, cond_src, config, back, None)
+        abas = [_decode_arr(prior, z_back[j:j + 1]) for j in range(k)]
+        secs = (time.perf_counter() - t1) / k
+        for j, c in enumerate(ctxs):
+            out[j][0].update(_invert_fields(c, abas[j], z_back[j:j + 1], secs))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- many edits
 def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *, evaluator=None, invert: bool = True,
                    trace_every: int = 0, progress: bool = True, on_row: Callable | None = None,
-                   log: Callable[[str], None] | None = None) -> list[dict]:
+                   log: Callable[[str], None] | None = None, batch: int = 1) -> list[dict]:
     """Edit every case with every run, appending each row to ``out/rows.jsonl`` as it finishes; rows already
     there with the same fingerprint are kept and their edits skipped (resume). Returns all rows in case x run
-    order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits)."""
-    from ..mini.evaluator import load_evaluator
+    order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits).
 
+    ``batch`` = K > 1: the cases are taken in fixed blocks of K consecutive cases; each block is edited run by run,
+    a batchable run (:func:`idsedit.evaluate.batching.batchable`) in one batched edit of the whole block
+    (:func:`run_edits`). A block a resumed run has partly done is edited whole again (only the missing rows are
+    stored), so a batch always holds the same cases and a resumed run gives the same numbers bit for bit.
+    """
+    from ..mini.evaluator import load_evaluator
+    from .batching import batchable
+
+    if batch < 1:
+        raise IdseditError(f"--batch must be >= 1, got {batch}")
     evaluator = evaluator or load_evaluator()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows_path = out / ROWS_FILE
     done = {(r["case"], r["label"]): r for r in read_rows(rows_path)}
     neg = runs[0].config.distill.negative_prompt if runs else ""
-    plan = []
+    plan, fps = [], {}
     for case in cases:
         for run in runs:
             fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name, invert)
@@ -360,6 +439,7 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
                 raise IdseditError(f"{rows_path} holds a result for {case.name} / {run.label} made with other settings "
                                    "or another model: use another --out, or --overwrite to start over")
             plan.append((case, run, fp, prev))
+            fps[(case.name, run.label)] = fp
     skipped = sum(1 for p in plan if p[3] is not None)
     if skipped and log is not None:
         log(f"resuming: {skipped} of {len(plan)} edits are already in {rows_path}, skipping them")
@@ -368,23 +448,33 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(plan), initial=skipped, unit="edit", desc="eval", dynamic_ncols=True)
-    rows, ctx = [], None
+    new_rows: list[dict] = []
     try:
-        for case, run, fp, prev in plan:
-            if prev is not None:
-                rows.append(prev)
+        for b0 in range(0, len(cases), batch):
+            block = cases[b0:b0 + batch]
+            if all((c.name, r.label) in done for c in block for r in runs):
                 continue
-            if ctx is None or ctx.case is not case:
-                ctx = CaseContext.build(prior, case, neg)
-            if bar is not None:
-                bar.set_postfix_str(f"{case.name} {run.label}", refresh=True)
-            row, img = run_edit(prior, ctx, run, evaluator, invert=invert, trace_every=trace_every)
-            store_row(out, rows_path, rows, row, img, f"images/{_safe(case.name)}.{_safe(run.label)}.png",
-                      fp, f"{case.name}|{run.label}", bar=bar, on_row=on_row)
+            ctxs = {c.name: CaseContext.build(prior, c, neg) for c in block}
+            for run in runs:
+                todo = [c for c in block if (c.name, run.label) not in done]
+                if not todo:
+                    continue
+                edit_cases = block if len(block) > 1 and batchable(run, prior) else todo
+                if bar is not None:
+                    more = f" +{len(edit_cases) - 1}" if len(edit_cases) > 1 else ""
+                    bar.set_postfix_str(f"{edit_cases[0].name}{more} {run.label}", refresh=True)
+                results = run_edits(prior, [ctxs[c.name] for c in edit_cases], run, evaluator, invert=invert,
+                                    trace_every=trace_every)
+                for c, (row, img) in zip(edit_cases, results):
+                    if (c.name, run.label) in done:
+                        continue
+                    store_row(out, rows_path, new_rows, row, img, f"images/{_safe(c.name)}.{_safe(run.label)}.png",
+                              fps[(c.name, run.label)], f"{c.name}|{run.label}", bar=bar, on_row=on_row)
+                    done[(c.name, run.label)] = row
     finally:
         if bar is not None:
             bar.close()
-    return rows
+    return [done[(case.name, run.label)] for case, run, _, _ in plan]
 
 
 def _seedless(run) -> dict:
