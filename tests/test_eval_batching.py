@@ -142,3 +142,43 @@ def test_batched_evaluation_resumes_bit_for_bit(tiny_prior, tmp_path):
     for a, b in zip(full, single):
         assert a["key"] == b["key"] and a["fe"] == b["fe"]
         assert a["invert_latent_psnr"] == pytest.approx(b["invert_latent_psnr"], rel=1e-3)
+
+
+def test_batch_flag_and_presets(tmp_path, capsys):
+    import argparse
+
+    from idsedit import cli, evaluate
+    from idsedit.evaluate.cli import resolve
+
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    assert resolve(p.parse_args([]))["batch"] == 3                       # quick
+    assert resolve(p.parse_args(["--preset", "standard"]))["batch"] == 8
+    assert resolve(p.parse_args(["--preset", "standard", "--batch", "1"]))["batch"] == 1
+    assert cli.main(["eval", "--batch", "0", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --batch must be >= 1") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_weight_ablation_scales_the_step():
+    """weight k: the distillation term k times heavier, i.e. (SGD) a k times larger step; labelled weight=k."""
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate.methods import build_runs
+
+    runs = build_runs(["ids-jf"], EditConfig(), {"steps": [25], "fpr_iters": [2], "weight": [8.0]}, product=True)
+    r = {x.label: x for x in runs}["ids-jf[steps=25,N=2,weight=8]"]
+    assert (r.config.steps, r.config.distill.fpr_iters, r.config.distill.fpr_mode, r.config.weight) == \
+        (25, 2, "jacobian-free", 8.0)
+    assert "ids-jf[weight=1]" not in {x.label for x in build_runs(["ids-jf"], EditConfig(), {"weight": [1.0]})}
+
+
+def test_weight_k_is_a_k_times_larger_sgd_step(tiny_prior):
+    from idsedit.edit2d import edit_latents
+    from idsedit.evaluate.runner import PairedSampler
+    from idsedit.variants import variant_config
+
+    c = _contexts(tiny_prior)[0]
+    moves = [edit_latents(tiny_prior, c.z_src, c.cond_src, c.cond_trg, variant_config("ids-jf", steps=1, weight=w),
+                          sampler=PairedSampler(4)) - c.z_src for w in (1.0, 8.0)]
+    torch.testing.assert_close(moves[1], 8 * moves[0], rtol=1e-4, atol=1e-6)
