@@ -144,3 +144,60 @@ def test_edit_scores_hand_computed():
     assert s["surface_iou"] == pytest.approx(2 / 3)
     mu, hw = mean_ci([1.0, 2.0, 3.0])
     assert mu == 2.0 and hw == pytest.approx(1.96 / math.sqrt(3))
+
+
+def test_two_level_sampling_keeps_exactly_the_occupied_samples():
+    """The coarse segment test (blocks of 4^3 fine cells, dilated by one block) is conservative: the samples
+    sample_rays keeps are exactly those of a brute-force march (every t_k, kept when its fine cell is occupied)."""
+    from idsedit.scene.render import sample_rays
+
+    cfg = FieldConfig(aabb=[[-1.0, -0.5, -1.0], [1.0, 0.5, 1.0]], resolution=[24, 12, 24],
+                      occupancy_resolution=[24, 12, 24], density_rank=1, app_rank=1)
+    f = TensoRF(cfg, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        f.occupancy.zero_()
+        for i, j, k in ((3, 5, 20), (12, 2, 11), (13, 2, 11), (22, 9, 1)):  # scattered cells, one pair
+            f.occupancy[i, j, k] = True
+    o = torch.randn(3000, 3, generator=g) * 0.6 + torch.tensor([0.0, 2.0, 0.0])
+    d = torch.nn.functional.normalize(torch.randn(3000, 3, generator=g) * 0.4 + torch.tensor([0.0, -1.0, 0.0]),
+                                      dim=-1)
+    jitter = torch.rand(3000, generator=g)
+    step = 0.013
+    ray, slot, tk, pts = sample_rays(f, o, d, step, jitter)
+    assert ray.numel() > 30 and f.coarse_occupancy()[0].float().mean() < 0.9       # the test is not vacuous
+    t_near, t_far = ray_box(o, d, f.lo, f.hi)
+    k = torch.arange(400, dtype=torch.float32)
+    t_all = t_near[:, None] + (k[None, :] + jitter[:, None]) * step                  # (R, K) every sample
+    inside = t_all < t_far[:, None]
+    p_all = o[:, None] + t_all[..., None] * d[:, None]
+    keep = inside & f.occupied(p_all.view(-1, 3)).view(3000, 400)
+    want_ray, want_k = keep.nonzero(as_tuple=True)
+    assert torch.equal(ray, want_ray)
+    torch.testing.assert_close(tk, t_all[want_ray, want_k])
+    counts = torch.bincount(want_ray, minlength=3000)
+    assert torch.equal(slot, torch.arange(want_ray.numel()) - (torch.cumsum(counts, 0) - counts)[want_ray])
+
+
+def test_occupancy_update_with_candidates():
+    """Cells outside the candidates are not evaluated (empty unless next to an occupied candidate); with every
+    cell a candidate it equals the full update."""
+    cfg = FieldConfig(aabb=[[-1, -1, -1], [1, 1, 1]], resolution=[8, 8, 8], occupancy_resolution=[8, 8, 8],
+                      density_rank=1, app_rank=1)
+    f = TensoRF(cfg)
+    with torch.no_grad():                  # sigma large everywhere: every evaluated cell is occupied
+        for q in f.density_planes:
+            q.fill_(3.0)
+        for q in f.density_lines:
+            q.fill_(3.0)
+    cand = torch.zeros(8, 8, 8, dtype=torch.bool)
+    cand[2, 3, 4] = True
+    frac = f.update_occupancy(0.01, candidates=cand)
+    want = torch.zeros(8, 8, 8, dtype=torch.bool)
+    want[1:4, 2:5, 3:6] = True                                       # the candidate, dilated by one cell
+    assert torch.equal(f.occupancy, want) and frac == pytest.approx(27 / 512)
+    full_a = f.update_occupancy(0.01, generator=torch.Generator().manual_seed(0))
+    occ_a = f.occupancy.clone()
+    full_b = f.update_occupancy(0.01, generator=torch.Generator().manual_seed(0),
+                                candidates=torch.ones(8, 8, 8, dtype=torch.bool))
+    assert full_a == full_b == 1.0 and torch.equal(occ_a, f.occupancy)

@@ -72,6 +72,8 @@ class SceneEditConfig:
     weight: float = 1.0
     freeze_geometry: bool = False   # only colour (appearance grids, basis, background) is optimised
     grow_cells: int = 1             # dilate the source's occupancy grid by this many cells (room for new shape)
+    occupancy_every: int = 100      # rebuild the occupancy grid every k steps as (grown source grid) OR (cells
+                                    # the edited density now fills, dilated): shape may grow further; 0 = never
     checkpoint_every: int = 50
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -151,6 +153,16 @@ def _grow(occ: Tensor, cells: int) -> Tensor:
     return torch.nn.functional.max_pool3d(occ[None, None].float(), k, stride=1, padding=cells)[0, 0] > 0
 
 
+def refresh_occupancy(f: TensoRF, base: Tensor, step: float, generator: torch.Generator) -> float:
+    """occupancy = base OR (cells where the edited field's alpha exceeds the threshold, dilated by one cell):
+    the grown source grid is always kept, and cells the edit fills are added with a margin to grow into.
+    Returns the occupied fraction."""
+    f.update_occupancy(step, generator=generator)
+    with torch.no_grad():
+        f.occupancy.logical_or_(base)
+    return float(f.occupancy.float().mean())
+
+
 def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: SceneEditConfig | None = None, *,
                data=None, should_stop: Callable[[], bool] | None = None, progress: bool = True,
                callback: Callable | None = None, log: Callable[[str], None] | None = None) -> SceneEditResult:
@@ -174,7 +186,8 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
 
     f = _clone_field(src_scene.field)
     with torch.no_grad():
-        f.occupancy.copy_(_grow(f.occupancy, cfg.grow_cells))
+        base_occ = _grow(f.occupancy, cfg.grow_cells)
+        f.occupancy.copy_(base_occ)
     f.requires_grad_(True)
     if cfg.freeze_geometry:
         for p in list(f.density_planes) + list(f.density_lines):
@@ -233,6 +246,8 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"scene {cfg.method}", unit="step", dynamic_ncols=True)
     times = {"render_s": 0.0, "encode_s": 0.0, "method_s": 0.0, "backward_s": 0.0}
+    cpu = dict.fromkeys(times, 0.0)
+    other = {"source_render_s": 0.0, "source_render_cpu_s": 0.0, "occupancy_s": 0.0, "samples": 0}
     calls0 = prior.calls.snapshot()
     t_run = time.perf_counter()
     step, cancelled = start, False
@@ -243,24 +258,35 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
                 break
             cams = torch.randint(0, n_cams, (cfg.views_per_step,), generator=cam_gen).tolist()
             jitter = torch.rand(cfg.views_per_step, hw[0] * hw[1], generator=cam_gen)
-            t0 = time.perf_counter()
+            s0, c0 = time.perf_counter(), time.process_time()
             z_src = torch.cat([z_source(i) for i in cams])                              # (B, C, h, w)
-            imgs = torch.stack([render_image_grad(f, views.c2w[i], intr[i], hw, src_scene.step, near=src_scene.near,
-                                                  jitter=jitter[k]).rgb for k, i in enumerate(cams)])
-            t1 = time.perf_counter()
+            t0, p0 = time.perf_counter(), time.process_time()
+            other["source_render_s"] += t0 - s0
+            other["source_render_cpu_s"] += p0 - c0
+            outs = [render_image_grad(f, views.c2w[i], intr[i], hw, src_scene.step, near=src_scene.near,
+                                      jitter=jitter[k]) for k, i in enumerate(cams)]
+            imgs = torch.stack([o.rgb for o in outs])
+            other["samples"] += sum(o.n_samples for o in outs)
+            t1, p1 = time.perf_counter(), time.process_time()
             z_trg = prior.encode(imgs.permute(0, 3, 1, 2), grad=True)                  # (B, C, h, w)
-            t2 = time.perf_counter()
+            t2, p2 = time.perf_counter(), time.process_time()
             draw = loop.draw_step(sampler, z_src, cfg.t_min, cfg.t_max)
             loss, out_m = loop.distill_step(prior, cfg.method, z_src, z_trg, draw, cond_src, cond_trg, cfg.distill,
                                             sampler, scale=cfg.loss_scale, weight=cfg.weight)
-            t3 = time.perf_counter()
+            t3, p3 = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            t4 = time.perf_counter()
-            for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            t4, p4 = time.perf_counter(), time.process_time()
+            for k, dt, dc in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), (p1 - p0, p2 - p1, p3 - p2, p4 - p3)):
                 times[k] += dt
+                cpu[k] += dc
             step += 1
+            if cfg.occupancy_every > 0 and not cfg.freeze_geometry and step % cfg.occupancy_every == 0 \
+                    and step < cfg.steps:
+                w0 = time.perf_counter()
+                refresh_occupancy(f, base_occ, src_scene.step, cam_gen)
+                other["occupancy_s"] += time.perf_counter() - w0
             if bar is not None:
                 bar.update(1)
             if callback is not None:
@@ -285,6 +311,10 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
               "method": cfg.method, "steps": step, "seconds": elapsed, "edit_resolution": list(hw),
               "seconds_per_step_this_run": (time.perf_counter() - t_run) / max(done_here, 1) if done_here else None,
               "time_breakdown_s_per_step": {k: v / max(done_here, 1) for k, v in times.items()},
+              "cpu_breakdown_s_per_step": {k: v / max(done_here, 1) for k, v in cpu.items()},
+              "source_render_s": other["source_render_s"], "source_render_cpu_s": other["source_render_cpu_s"],
+              "occupancy_refresh_s": other["occupancy_s"],
+              "samples_per_view": other["samples"] / max(done_here * cfg.views_per_step, 1),
               "unet_calls_per_step": {k: v / max(done_here, 1) for k, v in calls.items()},
               "lr": cfg.lr if cfg.lr is not None else loop.auto_lr("radiance_field"),
               "config": dataclasses.asdict(cfg), "torch_threads": torch.get_num_threads()}

@@ -32,6 +32,7 @@ MAT_MODES = ((0, 1), (0, 2), (1, 2))   # plane axes (a, b) ...
 VEC_MODES = (2, 1, 0)                   # ... and the line axis c of each of the three components
 DENSITY_SHIFT = -10.0                   # TensoRF's: softplus(f - 10) * 25 ~ 1e-3 at f = 0, the field starts empty
 SIGMA_SCALE = 25.0                      # TensoRF's distance_scale
+COARSE_FACTOR = 4                       # fine occupancy cells per coarse cell edge (segment skipping)
 
 
 @dataclass
@@ -111,6 +112,18 @@ def sh_basis(d: Tensor, degree: int) -> Tensor:
     if degree > 2:
         raise IdseditError(f"sh_degree must be 0, 1 or 2, got {degree}")
     return torch.stack(out, -1)
+
+
+def lookup_grid(grid: Tensor, lo: Tensor, cell: Tensor, points: Tensor) -> Tensor:
+    """grid[cell index of each point] for a boolean grid (nx, ny, nz) of cells ``cell`` (3,) from ``lo``; False
+    for points outside the grid."""
+    n = grid.shape
+    u = (points - lo) / cell                                              # (N, 3) in cell units
+    inside = ((u >= 0) & (u <= torch.tensor(n, dtype=u.dtype))).all(-1)
+    ix = u[:, 0].long().clamp_(0, n[0] - 1)
+    iy = u[:, 1].long().clamp_(0, n[1] - 1)
+    iz = u[:, 2].long().clamp_(0, n[2] - 1)
+    return inside & grid.reshape(-1)[(ix * n[1] + iy) * n[2] + iz]
 
 
 # --------------------------------------------------------------------------------------------------- field
@@ -220,34 +233,57 @@ class TensoRF(nn.Module):
     # ------------------------------------------------------------------------------------------- occupancy
     def occupied(self, points: Tensor) -> Tensor:
         """Whether each world point (N, 3) lies in an occupied cell of the occupancy grid (False outside)."""
-        nx, ny, nz = self.occupancy.shape
-        u = (points - self.lo) / (self.hi - self.lo)                         # (N, 3) in [0, 1] inside the box
-        inside = ((u >= 0) & (u <= 1)).all(-1)
-        ix = (u[:, 0] * nx).long().clamp_(0, nx - 1)
-        iy = (u[:, 1] * ny).long().clamp_(0, ny - 1)
-        iz = (u[:, 2] * nz).long().clamp_(0, nz - 1)
-        return inside & self.occupancy.view(-1)[(ix * ny + iy) * nz + iz]
+        size = (self.hi - self.lo) / torch.tensor(self.occupancy.shape, dtype=torch.float32)
+        return lookup_grid(self.occupancy, self.lo, size, points)
 
     def cell_size(self) -> float:
         """The smallest edge of an occupancy cell (world units)."""
         return float(((self.hi - self.lo) / torch.tensor(self.occupancy.shape, dtype=torch.float32)).min())
 
+    def coarse_occupancy(self, factor: int = COARSE_FACTOR) -> tuple[Tensor, float]:
+        """A conservative coarse copy of the occupancy grid for skipping whole segments of a ray: cells of
+        ``factor``^3 fine cells, occupied when any of their fine cells is, then dilated by one coarse cell (so a
+        segment no longer than a coarse cell, tested at its midpoint, keeps every sample that may be occupied).
+        Returns (grid, its smallest cell edge); cached until the occupancy grid changes (tensor version)."""
+        key = (self.occupancy._version, self.occupancy.data_ptr(), factor)
+        cache = getattr(self, "_coarse_cache", None)
+        if cache is None or cache[0] != key:
+            occ = self.occupancy[None, None].float()
+            if factor > 1:
+                occ = F.max_pool3d(occ, factor, stride=factor, ceil_mode=True)
+            occ = F.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0
+            size = (self.hi - self.lo) / torch.tensor(self.occupancy.shape, dtype=torch.float32) * factor
+            self._coarse_cache = cache = (key, occ, float(size.min()), size)
+        return cache[1], cache[2]
+
+    def occupied_coarse(self, points: Tensor, factor: int = COARSE_FACTOR) -> Tensor:
+        """Whether each world point lies in an occupied cell of :meth:`coarse_occupancy` (False outside)."""
+        grid, _ = self.coarse_occupancy(factor)
+        return lookup_grid(grid, self.lo, self._coarse_cache[3], points)
+
     @torch.no_grad()
     def update_occupancy(self, step_size: float, alpha_threshold: float = 1e-3, samples_per_cell: int = 2,
-                         generator: torch.Generator | None = None, chunk: int = 1 << 18) -> float:
-        """Mark cells whose max alpha = 1 - exp(-sigma step) over a few points exceeds the threshold (dilated by
-        one cell); returns the occupied fraction."""
+                         generator: torch.Generator | None = None, chunk: int = 1 << 18,
+                         candidates: Tensor | None = None) -> float:
+        """Mark cells whose max alpha = 1 - exp(-sigma step) over a few points (the centre, then random points)
+        exceeds the threshold, dilated by one cell; returns the occupied fraction. ``candidates`` (a boolean grid
+        like the occupancy grid) limits the evaluation to those cells; the others become empty (the fit passes
+        the current grid dilated by one cell: a pruned cell is revisited only once a neighbour is occupied)."""
         res = self.occupancy.shape
-        axes = [torch.arange(n, dtype=torch.float32) for n in res]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).view(-1, 3)      # (C, 3) cell indices
+        idx = torch.arange(self.occupancy.numel()) if candidates is None else \
+            candidates.reshape(-1).nonzero(as_tuple=True)[0]
+        nyz = res[1] * res[2]
+        grid = torch.stack([idx // nyz, (idx // res[2]) % res[1], idx % res[2]], -1).to(torch.float32)
         best = torch.zeros(grid.shape[0])
         size = (self.hi - self.lo) / torch.tensor(res, dtype=torch.float32)
         for s in range(samples_per_cell):
             off = torch.full((1, 3), 0.5) if s == 0 else torch.rand(grid.shape[0], 3, generator=generator)
             pts = self.lo + (grid + off) * size
-            sig = torch.cat([self.density(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)])
+            sig = torch.cat([self.density(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)]) \
+                if pts.shape[0] else torch.zeros(0)
             best = torch.maximum(best, 1 - torch.exp(-sig * step_size))
-        occ = (best > alpha_threshold).view(1, 1, *res).float()
-        occ = F.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0
+        occ = torch.zeros(self.occupancy.numel())
+        occ[idx] = (best > alpha_threshold).float()
+        occ = F.max_pool3d(occ.view(1, 1, *res), 3, stride=1, padding=1)[0, 0] > 0
         self.occupancy.copy_(occ)
         return float(occ.float().mean())

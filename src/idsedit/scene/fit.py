@@ -55,6 +55,7 @@ class FitConfig:
     lr_env: float = 1e-3            # Adam learning rate of the learned background: slow, so that surfaces of uniform
                                     # colour (a floor) become geometry before the background can imitate them
     lr_decay: float = 0.1           # final / initial learning rate (exponential decay)
+    env_start: int = 0              # the learned background's lr is 0 before this step (geometry forms first)
     l1_density: float = 1e-4        # weight of mean |density plane and line values| (clears floaters)
     tv_density: float = 0.01        # weight of the density grids' total variation (smooth geometry from few views)
     tv_app: float = 0.001           # weight of the appearance grids' total variation
@@ -62,6 +63,9 @@ class FitConfig:
     upsample_at: tuple = (50, 150, 250)    # steps at which the grids are upsampled towards n_voxels
     occupancy_start: int = 150      # first occupancy-grid rebuild (all cells are occupied before)
     occupancy_every: int = 250      # then rebuild it every k steps
+    occupancy_scale: float = 0.5    # occupancy cells per final grid cell along each axis (1 = the same size)
+    occupancy_alpha: float = 1e-3   # a cell is occupied when alpha = 1 - exp(-sigma step) somewhere in it exceeds this
+    eval_every: int = 0             # > 0: held-out PSNR every k steps into report["curve"] (time excluded)
     checkpoint_every: int = 250     # write checkpoint.pt every k steps
     holdout_every: int = 8          # single transforms.json without split lists: every k-th frame is held out
     size: int | None = None         # resize frames (longer side) before fitting; None: the data's resolution
@@ -143,7 +147,7 @@ def build_field(cfg: FitConfig, views: Views, generator: torch.Generator) -> Ten
     fcfg = FieldConfig(aabb=bbox, resolution=stages[0], density_rank=cfg.density_rank, app_rank=cfg.app_rank,
                        sh_degree=cfg.sh_degree, background=resolve_background(cfg.background, views),
                        density_shift=cfg.density_shift,
-                       occupancy_resolution=[max(2, v // 2) for v in stages[-1]])
+                       occupancy_resolution=[max(2, round(v * cfg.occupancy_scale)) for v in stages[-1]])
     return TensoRF(fcfg, generator=generator)
 
 
@@ -152,14 +156,28 @@ def make_optimizer(f: TensoRF, cfg: FitConfig) -> torch.optim.Adam:
     groups = [{"params": grids, "lr": cfg.lr_grid, "base_lr": cfg.lr_grid},
               {"params": list(f.basis.parameters()), "lr": cfg.lr_basis, "base_lr": cfg.lr_basis}]
     if f.env is not None:
-        groups.append({"params": [f.env], "lr": cfg.lr_env, "base_lr": cfg.lr_env})
+        groups.append({"params": [f.env], "lr": cfg.lr_env, "base_lr": cfg.lr_env, "env": True})
     return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
 
-def set_lr(opt: torch.optim.Optimizer, step: int, total: int, decay: float) -> None:
-    """lr(step) = base_lr * decay ** (step / total)."""
+def set_lr(opt: torch.optim.Optimizer, step: int, total: int, decay: float, env_start: int = 0) -> None:
+    """lr(step) = base_lr * decay ** (step / total); 0 for the background before ``env_start``."""
     for g in opt.param_groups:
-        g["lr"] = g["base_lr"] * decay ** (step / max(total, 1))
+        g["lr"] = 0.0 if g.get("env") and step < env_start else g["base_lr"] * decay ** (step / max(total, 1))
+
+
+def rebuild_occupancy(f: TensoRF, step: float, gen: torch.Generator, alpha: float = 1e-3) -> float:
+    """Rebuild the occupancy grid, evaluating only the cells within one cell of an occupied one (all cells on
+    the first build); if the field is still empty everywhere (nothing would stay occupied), keep the old grid so
+    that the fit can still grow density. Returns the occupied fraction."""
+    old = f.occupancy.clone()
+    cand = None if bool(old.all()) else \
+        torch.nn.functional.max_pool3d(old[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    frac = f.update_occupancy(step, alpha, generator=gen, candidates=cand)
+    if frac == 0.0:
+        f.occupancy.copy_(old)
+        return float(old.float().mean())
+    return frac
 
 
 def all_rays(views: Views) -> tuple[Tensor, Tensor]:
@@ -215,7 +233,7 @@ def _load_checkpoint(path: Path) -> dict:
 def _resume_key(cfg: FitConfig) -> dict:
     """The settings a resumed fit must share with the interrupted one (steps may grow)."""
     d = json.loads(json.dumps(dataclasses.asdict(cfg)))     # as stored (tuples become lists)
-    for k in ("steps", "checkpoint_every"):
+    for k in ("steps", "checkpoint_every", "eval_every"):
         d.pop(k)
     return d
 
@@ -281,6 +299,9 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
         bar = tqdm(total=cfg.steps, initial=start, desc="fit", unit="step", dynamic_ncols=True)
     cancelled = False
     t_run = time.perf_counter()
+    cpu_run = time.process_time()
+    paused = [0.0, 0.0]             # wall and CPU seconds of the held-out evaluations of the curve
+    curve = []
     step = start
     loss_ema = None
     try:
@@ -292,7 +313,7 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
                 f.upsample(stages[cfg.upsample_at.index(step) + 1])
                 opt = make_optimizer(f, cfg)
             st = f.config.voxel_size * cfg.step_ratio
-            set_lr(opt, step, cfg.steps, cfg.lr_decay)
+            set_lr(opt, step, cfg.steps, cfg.lr_decay, cfg.env_start)
             idx = torch.randint(0, n_rays, (cfg.batch_rays,), generator=gen)
             jitter = torch.rand(cfg.batch_rays, generator=gen)
             res = render_rays(f, o_all[idx], d_all[idx], st, jitter=jitter, near=0.0)
@@ -310,7 +331,7 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
             step += 1
             if step == cfg.occupancy_start or (step > cfg.occupancy_start and (
                     (step - cfg.occupancy_start) % cfg.occupancy_every == 0 or step in cfg.upsample_at)):
-                f.update_occupancy(final_step, generator=gen)
+                rebuild_occupancy(f, final_step, gen, cfg.occupancy_alpha)
             lv = float(mse.detach())
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
             if bar is not None:
@@ -319,12 +340,26 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
                                 refresh=False)
             if callback is not None:
                 callback(step, {"loss": lv, "samples": res.n_samples, "sample_step": st})
+            if cfg.eval_every > 0 and held is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                w0, c0 = time.perf_counter(), time.process_time()
+                probe = Scene(f, final_step, data_info)
+                with torch.no_grad():
+                    pe = evaluate(probe, held)["psnr"]
+                curve.append({"step": step, "heldout_psnr": pe,
+                              "wall_s": elapsed + w0 - t_run - paused[0], "cpu_s": c0 - cpu_run - paused[1],
+                              "occupied_fraction": float(f.occupancy.float().mean())})
+                if log:
+                    log(f"step {step}: held-out PSNR {pe:.2f} dB, {curve[-1]['wall_s']:.0f} s wall, "
+                        f"{curve[-1]['cpu_s']:.0f} CPU s")
+                paused[0] += time.perf_counter() - w0
+                paused[1] += time.process_time() - c0
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 _save_checkpoint(ckpt_path, f, opt, gen, step, elapsed + time.perf_counter() - t_run, cfg, data_info)
     finally:
         if bar is not None:
             bar.close()
-    elapsed += time.perf_counter() - t_run
+    elapsed += time.perf_counter() - t_run - paused[0]
+    cpu_spent = time.process_time() - cpu_run - paused[1]
     f.requires_grad_(False)
     scene = Scene(f, final_step, data_info, [{"kind": "fit", "steps": step, "config": dataclasses.asdict(cfg)}])
     if cancelled:
@@ -333,7 +368,8 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
     train_eval = evaluate(scene, train.subset(range(0, len(train), max(1, len(train) // 8))))
     held_eval = evaluate(scene, held) if held is not None else None
     report = {"data": str(data_path), "out": str(out), "steps": step, "seconds": elapsed,
-              "seconds_per_step": elapsed / max(step - 0, 1), "train_views": len(train), "image_size": list(train.hw),
+              "seconds_per_step": elapsed / max(step - 0, 1), "cpu_seconds_this_run": cpu_spent,
+              "curve": curve, "train_views": len(train), "image_size": list(train.hw),
               "train_psnr_subset": train_eval["psnr"], "eval_split": eval_split,
               "heldout_psnr": held_eval["psnr"] if held_eval else None,
               "heldout_depth_abs_err": held_eval.get("depth_abs_err") if held_eval else None,

@@ -81,10 +81,11 @@ def sample_rays(field, o: Tensor, d: Tensor, step: float, jitter: Tensor | None 
                 max_steps: int = 8192) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Occupancy-filtered samples packed per ray.
 
-    Two levels: the ray is first cut into segments of ``S = max(1, floor(cell / step))`` samples (``cell``: the
-    occupancy grid's smallest cell edge); a segment is kept when its midpoint lies in an occupied cell (the grid
-    is dilated by one cell when built, so a segment that grazes an occupied cell is not lost); the kept segments
-    are then expanded into their S samples t_k = t_near + (k + u) step.
+    Two levels: the ray is first cut into segments of ``S = max(1, floor(cell / step))`` samples, ``cell`` the
+    smallest edge of the field's coarse occupancy grid (:meth:`TensoRF.coarse_occupancy`: blocks of fine cells,
+    dilated by one block, so a segment tested at its midpoint cannot lose an occupied sample); the kept segments
+    are expanded into their S samples t_k = t_near + (k + u) step, and each sample is kept when it lies in an
+    occupied cell of the fine occupancy grid.
 
     Returns (ray index (M,), slot in the ray (M,), t (M,), points (M, 3)) of the M kept samples, slots counted
     from 0 in order along each ray.
@@ -97,16 +98,18 @@ def sample_rays(field, o: Tensor, d: Tensor, step: float, jitter: Tensor | None 
     e = torch.zeros(0, dtype=torch.long)
     if n == 0:
         return e, e, torch.zeros(0), torch.zeros(0, 3)
-    S = max(1, int(field.cell_size() / step)) if hasattr(field, "cell_size") else 1
+    two_level = hasattr(field, "coarse_occupancy")
+    S = max(1, int(field.coarse_occupancy()[1] / step)) if two_level else 1
     n_seg = -(-n // S)
     u = jitter[:, None] if jitter is not None else torch.full((R, 1), 0.5)
     seg_len = S * step
     t_mid = t_near[:, None] + (torch.arange(n_seg, dtype=torch.float32)[None, :] + 0.5) * seg_len   # (R, n_seg)
     seg_ok = (t_mid - 0.5 * seg_len) < t_far[:, None]
     ray_s, k_s = seg_ok.nonzero(as_tuple=True)
-    tm = t_mid[ray_s, k_s]
-    occ = field.occupied(o[ray_s] + tm[:, None] * d[ray_s])
-    ray_s, k_s = ray_s[occ], k_s[occ]
+    if two_level:
+        tm = t_mid[ray_s, k_s]
+        occ = field.occupied_coarse(o[ray_s] + tm[:, None] * d[ray_s])
+        ray_s, k_s = ray_s[occ], k_s[occ]
     # expand kept segments into their S samples
     ray = ray_s.repeat_interleave(S)
     k = (k_s[:, None] * S + torch.arange(S)[None, :]).reshape(-1)
@@ -114,11 +117,9 @@ def sample_rays(field, o: Tensor, d: Tensor, step: float, jitter: Tensor | None 
     valid = tk < t_far[ray]
     ray, tk = ray[valid], tk[valid]
     pts = o[ray] + tk[:, None] * d[ray]
-    # slot of each kept sample within its ray: position among the ray's kept samples (rays stay sorted)
-    counts = torch.bincount(ray, minlength=R)
-    start = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(ray.shape[0]) - start[ray]
-    return ray, slot, tk, pts
+    keep = field.occupied(pts)
+    ray, tk, pts = ray[keep], tk[keep], pts[keep]
+    return ray, _repack(ray, R), tk, pts
 
 
 def _transmittance(sigma: Tensor, step: float | Tensor) -> tuple[Tensor, Tensor]:
