@@ -24,7 +24,7 @@ from idsedit.shapes import ObjectParams, SceneParams, write_multiview
 
 TINY = dict(n_voxels=16 ** 3, n_voxels_init=8 ** 3, batch_rays=256, density_rank=4, app_rank=4, holdout_every=4,
             upsample_at=(2, 4), occupancy_start=3, occupancy_every=2, checkpoint_every=100, lr_grid=0.08,
-            lr_env=0.05, density_shift=-5.0)   # fast rates and a foggy start: progress within a dozen steps
+            lr_env=0.05, env_start=0, density_shift=-5.0)   # fast rates and a foggy start: progress within a dozen steps
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps at which the grids are upsampled (default " + ",".join(map(str, fd.upsample_at)) + ")")
     f.add_argument("--occupancy-start", type=_nonneg_int, default=fd.occupancy_start,
                    help=f"first occupancy-grid rebuild (default {fd.occupancy_start})")
+    f.add_argument("--occupancy-every", type=_positive_int, default=fd.occupancy_every,
+                   help=f"then rebuild it every k steps (default {fd.occupancy_every})")
+    f.add_argument("--env-start", type=_nonneg_int, default=fd.env_start,
+                   help=f"the learned background starts learning at this step (default {fd.env_start})")
+    f.add_argument("--opacity-entropy", type=float, default=fd.opacity_entropy,
+                   help=f"weight of the rays' opacity entropy (default {fd.opacity_entropy})")
+    f.add_argument("--eval-every", type=_nonneg_int, default=fd.eval_every,
+                   help="held-out PSNR every k steps into report.json's curve (default off)")
     f.add_argument("--tv-density", type=float, default=fd.tv_density, help=f"default {fd.tv_density}")
     f.add_argument("--tv-app", type=float, default=fd.tv_app, help=f"default {fd.tv_app}")
     f.add_argument("--l1-density", type=float, default=fd.l1_density, help=f"default {fd.l1_density}")
@@ -196,7 +204,8 @@ def _fit(args) -> int:
                     size=args.size, holdout_every=args.holdout_every, background=args.background, bbox=args.bbox,
                     checkpoint_every=args.checkpoint_every, lr_grid=args.lr, upsample_at=args.upsample_at,
                     occupancy_start=args.occupancy_start, tv_density=args.tv_density, tv_app=args.tv_app,
-                    l1_density=args.l1_density)
+                    l1_density=args.l1_density, occupancy_every=args.occupancy_every, env_start=args.env_start,
+                    opacity_entropy=args.opacity_entropy, eval_every=args.eval_every)
     with stop_on_signals() as stop:
         res = fit_scene(args.data, args.out, cfg, should_stop=stop.is_set, progress=not args.quiet, log=_print)
     if res.cancelled:

@@ -52,18 +52,19 @@ class FitConfig:
     step_ratio: float = 0.5         # sample spacing along rays, in cells
     lr_grid: float = 0.06           # Adam learning rate of the grids
     lr_basis: float = 1e-3          # Adam learning rate of the SH basis
-    lr_env: float = 1e-3            # Adam learning rate of the learned background: slow, so that surfaces of uniform
-                                    # colour (a floor) become geometry before the background can imitate them
+    lr_env: float = 0.03            # Adam learning rate of the learned background (from env_start on)
     lr_decay: float = 0.1           # final / initial learning rate (exponential decay)
-    env_start: int = 0              # the learned background's lr is 0 before this step (geometry forms first)
+    env_start: int = 50             # the learned background's lr is 0 before this step: surfaces of uniform colour
+                                    # (a floor) become geometry before the background can imitate them
     l1_density: float = 1e-4        # weight of mean |density plane and line values| (clears floaters)
     tv_density: float = 0.01        # weight of the density grids' total variation (smooth geometry from few views)
     tv_app: float = 0.001           # weight of the appearance grids' total variation
+    opacity_entropy: float = 0.0    # weight of the rays' binary opacity entropy (each ray sees a surface or not)
     n_voxels_init: int = 48 ** 3    # grid cells at the start (coarse to fine)
     upsample_at: tuple = (50, 150, 250)    # steps at which the grids are upsampled towards n_voxels
-    occupancy_start: int = 150      # first occupancy-grid rebuild (all cells are occupied before)
-    occupancy_every: int = 250      # then rebuild it every k steps
-    occupancy_scale: float = 0.5    # occupancy cells per final grid cell along each axis (1 = the same size)
+    occupancy_start: int = 50       # first occupancy-grid rebuild (all cells are occupied before)
+    occupancy_every: int = 50       # then rebuild it every k steps
+    occupancy_scale: float = 1.0    # occupancy cells per final grid cell along each axis (1 = the same size)
     occupancy_alpha: float = 1e-3   # a cell is occupied when alpha = 1 - exp(-sigma step) somewhere in it exceeds this
     eval_every: int = 0             # > 0: held-out PSNR every k steps into report["curve"] (time excluded)
     checkpoint_every: int = 250     # write checkpoint.pt every k steps
@@ -164,6 +165,14 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, decay: float, env_
     """lr(step) = base_lr * decay ** (step / total); 0 for the background before ``env_start``."""
     for g in opt.param_groups:
         g["lr"] = 0.0 if g.get("env") and step < env_start else g["base_lr"] * decay ** (step / max(total, 1))
+
+
+def opacity_entropy(opacity: Tensor, eps: float = 1e-6) -> Tensor:
+    """Mean binary entropy -(o log o + (1 - o) log(1 - o)) of the rays' opacities o: pushes each ray to either
+    end on a surface (o = 1) or see the background (o = 0), so that half-transparent slabs (a uniform floor
+    painted as fog, with the background showing through) become surfaces."""
+    o = opacity.clamp(eps, 1 - eps)
+    return -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
 
 
 def rebuild_occupancy(f: TensoRF, step: float, gen: torch.Generator, alpha: float = 1e-3) -> float:
@@ -325,6 +334,8 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
                 loss = loss + cfg.tv_density * f.tv("density")
             if cfg.tv_app > 0:
                 loss = loss + cfg.tv_app * f.tv("app")
+            if cfg.opacity_entropy > 0:
+                loss = loss + cfg.opacity_entropy * opacity_entropy(res.opacity)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
