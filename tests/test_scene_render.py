@@ -201,3 +201,20 @@ def test_occupancy_update_with_candidates():
     full_b = f.update_occupancy(0.01, generator=torch.Generator().manual_seed(0),
                                 candidates=torch.ones(8, 8, 8, dtype=torch.bool))
     assert full_a == full_b == 1.0 and torch.equal(occ_a, f.occupancy)
+
+
+def test_distortion_loss_matches_the_double_sum():
+    """O(K) prefix-sum form == sum_ij w_i w_j |t_i - t_j| + step/3 sum_i w_i^2 (float64), padding ignored."""
+    from idsedit.scene.render import distortion_loss
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    t = torch.sort(torch.rand(3, 5, generator=g, dtype=torch.float64) * 4, 1).values
+    w[2, 3:], t[2, 3:] = 0.0, 0.0                          # a ray with two padded slots
+    brute = torch.stack([sum(w[r, i] * w[r, j] * abs(t[r, i] - t[r, j]) for i in range(5) for j in range(5))
+                         + (w[r] ** 2).sum() * 0.1 / 3 for r in range(3)]).mean()
+    torch.testing.assert_close(distortion_loss(w, t, 0.1), brute)
+    # one sample carrying all the weight: only the intra-interval term, step / 3
+    one = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(distortion_loss(one, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), 0.3),
+                               torch.tensor(0.1, dtype=torch.float64))

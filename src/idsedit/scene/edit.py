@@ -74,6 +74,9 @@ class SceneEditConfig:
     grow_cells: int = 1             # dilate the source's occupancy grid by this many cells (room for new shape)
     occupancy_every: int = 100      # rebuild the occupancy grid every k steps as (grown source grid) OR (cells
                                     # the edited density now fills, dilated): shape may grow further; 0 = never
+    trans_eps: float = 1e-3         # edit renders: drop samples the ray reaches with less transmittance (the colour
+                                    # changes by < trans_eps; the fit and `scene render` use 1e-4)
+    weight_eps: float = 1e-3        # edit renders: samples with a smaller weight get no colour evaluation
     checkpoint_every: int = 50
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -264,7 +267,8 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
             other["source_render_s"] += t0 - s0
             other["source_render_cpu_s"] += p0 - c0
             outs = [render_image_grad(f, views.c2w[i], intr[i], hw, src_scene.step, near=src_scene.near,
-                                      jitter=jitter[k]) for k, i in enumerate(cams)]
+                                      jitter=jitter[k], weight_eps=cfg.weight_eps, trans_eps=cfg.trans_eps)
+                    for k, i in enumerate(cams)]
             imgs = torch.stack([o.rgb for o in outs])
             other["samples"] += sum(o.n_samples for o in outs)
             t1, p1 = time.perf_counter(), time.process_time()

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..errors import IdseditError
 from .data import Views, has_split, load_views
 from .field import FieldConfig, TensoRF
-from .render import camera_rays, depth_for_files, render_image, render_rays
+from .render import camera_rays, depth_for_files, distortion_loss, render_image, render_rays
 from .store import Scene, atomic_write_bytes, atomic_write_json, is_scene, save_scene
 
 CHECKPOINT = "checkpoint.pt"
@@ -60,6 +60,7 @@ class FitConfig:
     tv_density: float = 0.01        # weight of the density grids' total variation (smooth geometry from few views)
     tv_app: float = 0.001           # weight of the appearance grids' total variation
     opacity_entropy: float = 0.0    # weight of the rays' binary opacity entropy (each ray sees a surface or not)
+    distortion: float = 0.0         # weight of mip-NeRF 360's distortion loss (world units): compact surfaces
     n_voxels_init: int = 48 ** 3    # grid cells at the start (coarse to fine)
     upsample_at: tuple = (50, 150, 250)    # steps at which the grids are upsampled towards n_voxels
     occupancy_start: int = 50       # first occupancy-grid rebuild (all cells are occupied before)
@@ -334,6 +335,8 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
                 loss = loss + cfg.tv_density * f.tv("density")
             if cfg.tv_app > 0:
                 loss = loss + cfg.tv_app * f.tv("app")
+            if cfg.distortion > 0 and res.weights is not None:
+                loss = loss + cfg.distortion * distortion_loss(res.weights, res.t, st)
             if cfg.opacity_entropy > 0:
                 loss = loss + cfg.opacity_entropy * opacity_entropy(res.opacity)
             opt.zero_grad(set_to_none=True)

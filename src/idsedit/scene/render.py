@@ -41,6 +41,8 @@ class RenderOutput:
     depth: Tensor
     opacity: Tensor
     n_samples: int = 0
+    weights: Tensor | None = None       # (R, K) w_i of the padded samples (0 for padding), render_rays only
+    t: Tensor | None = None             # (R, K) their distances t_i
 
 
 def camera_rays(c2w: Tensor, intrinsics, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -74,7 +76,20 @@ def composite(sigma: Tensor, rgb: Tensor, t: Tensor, step: float | Tensor, bg: T
     colour = (w[..., None] * rgb).sum(1) + (1 - opacity)[:, None] * bg
     depth = (w * t).sum(1) / opacity.clamp(min=1e-10)
     depth = torch.where(opacity > 0, depth, torch.full_like(depth, math.inf))
-    return RenderOutput(colour, depth, opacity)
+    return RenderOutput(colour, depth, opacity, weights=w, t=t)
+
+
+def distortion_loss(w: Tensor, t: Tensor, step: float) -> Tensor:
+    """Mip-NeRF 360's distortion loss of padded samples (R, K) (sorted along each ray; padding has w = 0), mean
+    over rays, in world units: sum_ij w_i w_j |t_i - t_j| + (1/3) sum_i w_i^2 step, computed in O(K) as
+    2 sum_i w_i (t_i W_{<i} - (w t)_{<i}) with exclusive prefix sums. Small when each ray's weight sits in one
+    short stretch (a surface), large for fog spread along the ray."""
+    wt = w * t
+    w_before = torch.cumsum(w, 1) - w
+    wt_before = torch.cumsum(wt, 1) - wt
+    inter = 2 * (w * (t * w_before - wt_before)).sum(1)
+    intra = (w * w).sum(1) * step / 3
+    return (inter + intra).mean()
 
 
 def sample_rays(field, o: Tensor, d: Tensor, step: float, jitter: Tensor | None = None, near: float = 0.0,
@@ -187,10 +202,11 @@ def render_image(field, c2w: Tensor, intrinsics, hw: tuple[int, int], step: floa
 
 
 def render_image_grad(field, c2w: Tensor, intrinsics, hw: tuple[int, int], step: float, *, near: float = 0.0,
-                      jitter: Tensor | None = None) -> RenderOutput:
+                      jitter: Tensor | None = None, weight_eps: float = WEIGHT_EPS,
+                      trans_eps: float = TRANS_EPS) -> RenderOutput:
     """A whole image WITH gradients (the edit loop): rgb (H, W, 3), depth (H, W), opacity (H, W)."""
     o, d = camera_rays(c2w, intrinsics, hw)
-    out = render_rays(field, o, d, step, near=near, jitter=jitter)
+    out = render_rays(field, o, d, step, near=near, jitter=jitter, weight_eps=weight_eps, trans_eps=trans_eps)
     h, w = hw
     return RenderOutput(out.rgb.view(h, w, 3), out.depth.view(h, w), out.opacity.view(h, w), out.n_samples)
 
