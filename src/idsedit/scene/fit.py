@@ -57,7 +57,7 @@ class FitConfig:
     env_start: int = 50             # the learned background's lr is 0 before this step: surfaces of uniform colour
                                     # (a floor) become geometry before the background can imitate them
     l1_density: float = 1e-4        # weight of mean |density plane and line values| (clears floaters)
-    tv_density: float = 0.01        # weight of the density grids' total variation (smooth geometry from few views)
+    tv_density: float = 0.0         # weight of the density grids' total variation (0.01 made thick, foggy surfaces)
     tv_app: float = 0.001           # weight of the appearance grids' total variation
     opacity_entropy: float = 0.0    # weight of the rays' binary opacity entropy (each ray sees a surface or not)
     distortion: float = 0.0         # weight of mip-NeRF 360's distortion loss (world units): compact surfaces
@@ -66,7 +66,7 @@ class FitConfig:
     occupancy_start: int = 50       # first occupancy-grid rebuild (all cells are occupied before)
     occupancy_every: int = 50       # then rebuild it every k steps
     occupancy_scale: float = 1.0    # occupancy cells per final grid cell along each axis (1 = the same size)
-    occupancy_alpha: float = 1e-3   # a cell is occupied when alpha = 1 - exp(-sigma step) somewhere in it exceeds this
+    occupancy_alpha: float = 1e-2   # a cell is occupied when alpha = 1 - exp(-sigma step) somewhere in it exceeds this
     eval_every: int = 0             # > 0: held-out PSNR every k steps into report["curve"] (time excluded)
     checkpoint_every: int = 250     # write checkpoint.pt every k steps
     holdout_every: int = 8          # single transforms.json without split lists: every k-th frame is held out
