@@ -163,7 +163,7 @@ def test_every_edit_option_is_covered_by_a_test():
     options = {s for a in edit_parser._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
     covered = {f[0] for f, _ in FLAG_CASES} | {"--model", "--device", "--dtype", "--allow-pickle", "--mask",
                                                "--quiet", "--invert", "--out", "--source", "--target",
-                                               "--overwrite"}
+                                               "--overwrite", "--preset"}  # --preset: test_eval_fast_preset.py
     assert options == covered
     assert set(edit_cli.EDIT_FLAGS.values()) <= set(vars(EditConfig()))
     assert set(edit_cli.DISTILL_FLAGS.values()) <= set(vars(DistillConfig()))

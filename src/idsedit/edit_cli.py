@@ -40,7 +40,7 @@ from typing import Sequence
 from . import __version__
 from .cli import _err, _one_line, is_resource_error, resource_message
 from .errors import IdseditError
-from .variants import ALIASES, VARIANTS, canonical_variant, get_variant
+from .variants import ALIASES, EDIT_PRESETS, VARIANTS, canonical_variant, get_preset, get_variant
 
 DEFAULT_OUT = "idsedit-out"
 """Output folder used when --out is not given (relative to the working directory)."""
@@ -128,6 +128,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     arg(g, "--method", metavar="NAME", type=str.lower, config=("edit", "method"),
         help=f"method variant: {METHOD_NAMES_HELP} (aliases: {', '.join(ALIASES)}); a manifest's method column "
              "overrides it per row. Flags that contradict a variant's own settings are refused")
+    g.add_argument("--preset", metavar="NAME", type=str.lower, choices=list(EDIT_PRESETS),
+                   help="a measured setting: " + "; ".join(f"{p.name}: {p.summary}" for p in EDIT_PRESETS.values())
+                        + ". Flags given with it override its values")
     arg(g, "--steps", metavar="N", type=_int_at_least(1), config=("edit", "steps"), help="optimisation steps")
     arg(g, "--guidance", metavar="W", type=_float(positive=True), config=("distill", "guidance"),
         help="classifier-free guidance scale")
@@ -203,7 +206,8 @@ def make_config(args: argparse.Namespace, method: str | None = None):
     from .edit2d import EditConfig
     from .variants import variant_config
 
-    name = canonical_variant(method or args.method or EditConfig().method)
+    preset = get_preset(args.preset) if getattr(args, "preset", None) else None
+    name = canonical_variant(method or args.method or (preset.variant if preset else EditConfig().method))
     variant = get_variant(name)
     given = {f: getattr(args, a) for a, f in DISTILL_FLAGS.items() if getattr(args, a) is not None}
     for field, value in variant.distill.items():
@@ -213,6 +217,8 @@ def make_config(args: argparse.Namespace, method: str | None = None):
                                f"{_flag_value(given[field])} was given: drop {flag} or choose another --method "
                                f"(e.g. {variant.method} with {flag} {_flag_value(given[field])})")
     base = EditConfig()
+    if preset is not None:                            # the preset's values, then the flags given
+        base = dataclasses.replace(base, distill=dataclasses.replace(base.distill, **preset.distill), **preset.edit)
     base = dataclasses.replace(base, distill=dataclasses.replace(base.distill, **given))
     fields = {f: getattr(args, a) for a, f in EDIT_FLAGS.items() if getattr(args, a) is not None}
     return variant_config(name, base, **fields)
@@ -223,10 +229,12 @@ def _flag_value(value) -> str:
 
 
 def variant_name(args: argparse.Namespace, job) -> str:
-    """The canonical variant name a job runs (its manifest method, else --method, else the default)."""
+    """The canonical variant name a job runs (its manifest method, else --method, else --preset's, else the
+    default)."""
     from .edit2d import EditConfig
 
-    return canonical_variant(job.method or args.method or EditConfig().method)
+    preset = get_preset(args.preset) if getattr(args, "preset", None) else None
+    return canonical_variant(job.method or args.method or (preset.variant if preset else EditConfig().method))
 
 
 def collect_jobs(args: argparse.Namespace):
