@@ -23,6 +23,7 @@ azimuth 0 is the camera the bundled prior was trained on. Times are process CPU 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -72,6 +73,18 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _code_version() -> str:
+    """git HEAD (+ "-dirty" when tracked files under src/ differ from it): which code made a row."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=root).returncode != 0
+        return head + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
 def _paired_sampler_in_edit() -> None:
     """Make idsedit.scene.edit draw from the paired two-stream sampler of idsedit eval (see the module doc)."""
     import idsedit.scene.edit as edit_mod
@@ -85,12 +98,24 @@ def _paired_sampler_in_edit() -> None:
     edit_mod.Sampler = _Paired
 
 
+def _no_refresh(cls) -> dict:
+    """occupancy_every=0 where the edit has it: its rebuild draws a state-dependent number of random points from
+    the camera generator, which would give different methods different cameras after the first rebuild."""
+    return {"occupancy_every": 0} if "occupancy_every" in {f.name for f in dataclasses.fields(cls)} else {}
+
+
 def _fit_config(args):
     from idsedit.scene.fit import FitConfig
 
     kw = {"steps": args.fit_steps, "holdout_every": args.holdout_every}
     if args.fit_voxels:
         kw["n_voxels"] = args.fit_voxels ** 3
+    for item in args.fit_set:                       # FitConfig field=value (value parsed as JSON when it can be)
+        k, v = item.split("=", 1)
+        try:
+            kw[k] = json.loads(v)
+        except json.JSONDecodeError:
+            kw[k] = v
     return FitConfig(**kw)
 
 
@@ -125,6 +150,7 @@ def run(args) -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             res = fit_scene(data, scene_dir, _fit_config(args), progress=sys.stderr.isatty())
             _append_jsonl(fits_path, {"scene": case.index, "prompt": case.edits[fams[0]][1], "steps": args.fit_steps,
+                                      "config": dataclasses.asdict(_fit_config(args)),
                                       "heldout_psnr": res.psnr, "wall_s": time.perf_counter() - t0,
                                       "cpu_s": time.process_time() - c0,
                                       "heldout_depth_abs_err": res.report.get("heldout_depth_abs_err")})
@@ -158,7 +184,9 @@ def run(args) -> None:
                         prior = load_prior(args.model)
                     v = variant_config(m)
                     cfg = SceneEditConfig(method=v.method, steps=args.edit_steps, distill=v.distill,
-                                          seed=args.edit_seed, checkpoint_every=args.checkpoint_every)
+                                          seed=args.edit_seed, checkpoint_every=args.checkpoint_every,
+                                          lr=args.edit_lr, lr_basis=1e-3, views_per_step=1, grow_cells=1,
+                                          **_no_refresh(SceneEditConfig))
                     edited = out / f"edit-{case.index}-{fam}-{m}-{args.edit_steps}"
                     t0, c0 = time.perf_counter(), time.process_time()
                     if not is_scene(edited) or (edited / "checkpoint.pt").is_file():
@@ -169,6 +197,7 @@ def run(args) -> None:
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                     sc = score_renders(render_views(load_scene(edited), c2w, intr, hw), truths)
                     row = {**base, "steps": args.edit_steps, "method": v.method, "edit_seed": args.edit_seed,
+                           "edit_lr": cfg.lr, "code": _code_version(),
                            "wall_s": wall, "cpu_s": cpu, "cpu_s_per_step": cpu / args.edit_steps,
                            "breakdown_s_per_step": rep.get("time_breakdown_s_per_step"),
                            "unet_calls_per_step": rep.get("unet_calls_per_step"),
@@ -209,6 +238,7 @@ def report(args) -> str:
 
     out = Path(args.out)
     rows = [r for r in _read_jsonl(out / "rows.jsonl") if r["label"] == "source" or r["steps"] == args.edit_steps]
+    rows = list({(r["scene"], r["family"], r["label"]): r for r in rows}.values())    # a rerun's duplicate: the last
     if not rows:
         return "no rows yet"
     fits = _read_jsonl(out / "fits.jsonl")
@@ -448,6 +478,61 @@ def memory_child(args) -> int:
     return 0
 
 
+def memory_parts_child(args) -> int:
+    """The two halves of a 512x512 step measured apart (when the whole step does not fit the memory allowed):
+    "prior": a 512x512 image tensor WITH grad -> VAE encode -> the method's step -> loss.backward() to the image,
+    random-weight ``--memory-shape``; "render": render + backward of every ``--ray-stride``-th ray of a 512x512
+    view of the scene (memory is linear in the samples, so the whole view = stride x this, reported as such)."""
+    from idsedit import loop
+    from idsedit.models_from_config import build_prior
+    from idsedit.rng import Sampler
+    from idsedit.scene.edit import _train_cameras, scale_intrinsics
+    from idsedit.scene.render import camera_rays, render_rays
+    from idsedit.scene.store import load_scene
+    from idsedit.variants import variant_config
+
+    torch.set_num_threads(1)
+    import gc
+
+    res = {"part": args.memory_part, "method": args.memory_child, "shape": args.memory_shape}
+    if args.memory_part == "prior":
+        prior = build_prior(args.memory_shape)
+        v = variant_config(args.memory_child)
+        g = torch.Generator().manual_seed(0)
+        x_src = torch.rand(1, 3, prior.resolution, prior.resolution, generator=g)
+        x = x_src.clone().requires_grad_(True)
+        cs, ct = prior.encode_text("a red cone"), prior.encode_text("a gray cone")
+        gc.collect()
+        res["rss_before_mib"], res["peak_before_mib"] = _rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0, c0 = time.perf_counter(), time.process_time()
+        z_src = prior.encode(x_src)
+        z = prior.encode(x, grad=True)
+        sampler = Sampler.seeded(0)
+        loss, _ = loop.distill_step(prior, v.method, z_src, z, loop.draw_step(sampler, z_src), cs, ct, v.distill, sampler)
+        loss.backward()
+        res.update(latents=list(z.shape), image_grad_finite=bool(torch.isfinite(x.grad).all()))
+    else:
+        scene = load_scene(Path(args.out) / f"scene-{args.figure_scene}")
+        views = _train_cameras(scene)
+        hw = (512, 512)
+        intr = scale_intrinsics(views.intrinsics, views.hw, hw)
+        o, d = camera_rays(views.c2w[0], intr[0], hw)
+        o, d = o[::args.ray_stride], d[::args.ray_stride]
+        f = scene.field
+        f.requires_grad_(True)
+        gc.collect()
+        res["rss_before_mib"], res["peak_before_mib"] = _rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = render_rays(f, o, d, scene.step, near=scene.near, jitter=torch.rand(o.shape[0], generator=torch.Generator().manual_seed(0)))
+        out.rgb.sum().backward()
+        res.update(rays=int(o.shape[0]), ray_stride=args.ray_stride, samples=int(out.n_samples),
+                   samples_per_ray=out.n_samples / o.shape[0])
+    res.update(peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
+    print(json.dumps(res))
+    return 0
+
+
 def memory(args) -> list:
     res = []
     for m in _list(args.memory):
@@ -478,8 +563,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--fit-steps", type=int, default=1500)
     ap.add_argument("--fit-voxels", type=int, default=0, help="final grid cells per side (0: FitConfig's default)")
+    ap.add_argument("--fit-set", nargs="*", default=[], metavar="FIELD=VALUE", help="other FitConfig fields")
     ap.add_argument("--edit-steps", type=int, default=150)
     ap.add_argument("--edit-seed", type=int, default=0)
+    ap.add_argument("--edit-lr", type=float, default=0.01, help="Adam lr of the grids (the radiance_field rule's)")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--eval-elevations", default="20,45")
     ap.add_argument("--eval-azimuths", default="0,45,90,135,180,225,270,315")
@@ -499,8 +586,12 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", default="", help="methods whose 512x512 medium-shape edit step memory to measure")
     ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--memory-shape", default="medium")
+    ap.add_argument("--memory-part", default="", help="prior | render: measure one half of the step (see code)")
+    ap.add_argument("--ray-stride", type=int, default=16)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.memory_child and args.memory_part:
+        return memory_parts_child(args)
     if args.memory_child:
         return memory_child(args)
     if args.memory:
