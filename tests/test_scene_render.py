@@ -218,3 +218,24 @@ def test_distortion_loss_matches_the_double_sum():
     one = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(distortion_loss(one, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), 0.3),
                                torch.tensor(0.1, dtype=torch.float64))
+
+
+def test_edit_occupancy_refresh_keeps_the_source_grid_and_grows_by_one_cell():
+    """refresh = base OR dilate(alpha > thr over the cells next to occupied ones): with density everywhere, one
+    occupied cell becomes its 5^3 neighbourhood (candidates 3^3, dilated once more), and the base cell stays."""
+    from idsedit.scene.edit import refresh_occupancy
+
+    cfg = FieldConfig(aabb=[[-1, -1, -1], [1, 1, 1]], resolution=[10, 10, 10], occupancy_resolution=[10, 10, 10],
+                      density_rank=1, app_rank=1)
+    f = TensoRF(cfg)
+    with torch.no_grad():
+        for q in list(f.density_planes) + list(f.density_lines):
+            q.fill_(3.0)
+        f.occupancy.zero_()
+        f.occupancy[5, 5, 5] = True
+    base = torch.zeros(10, 10, 10, dtype=torch.bool)
+    base[0, 9, 0] = True
+    frac = refresh_occupancy(f, base, 0.01, torch.Generator().manual_seed(0))
+    want = base.clone()
+    want[3:8, 3:8, 3:8] = True
+    assert torch.equal(f.occupancy, want) and frac == pytest.approx(126 / 1000)
