@@ -219,3 +219,26 @@ def test_decoder_finetune_on_a_v2_state(trained, tmp_path):
     dec = load_tensors(state / "vae_decoder.safetensors")
     assert dec and all(k.startswith(("decoder.", "post_quant_conv.")) for k in dec)
     assert snapshot.file_step(state / "vae_decoder.safetensors") == 2
+
+
+def test_decoder_schedule_from_config_and_resume_guard(trained, tmp_path):
+    """decoder_lr / decoder_warmup_steps / decoder_decay_steps of config.json set the decoder fine-tune's schedule,
+    recorded in vae_decoder.json; resuming it under another schedule is refused (it would undo the annealing)."""
+    from idsedit.mini.train import decoder_schedule
+
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    conf = json.loads((state / "config.json").read_text())
+    assert (conf["decoder_lr"], conf["decoder_warmup_steps"]) == (0.0, 0)  # new fields default to the VAE's values
+    assert decoder_schedule(cfg_v2(state, 2)) == (cfg_v2(state, 2).vae_lr, 2, 4, 0.05)
+    conf.update(decoder_lr=3e-4, decoder_warmup_steps=1, decoder_decay_steps=3)
+    (state / "config.json").write_text(json.dumps(conf))
+    meta = train_mini("decoder", cfg_v2(state, 2), log=quiet)["decoder"]
+    assert meta["step"] == 2 and meta["lr_schedule"] == [3e-4, 1, 3, 0.05]
+    assert read_json(state / "vae_decoder.json")["lr_schedule"] == [3e-4, 1, 3, 0.05]
+    assert train_mini("decoder", cfg_v2(state, 3), log=quiet)["decoder"]["step"] == 3  # same schedule: resumes
+    conf["decoder_lr"] = 0.0
+    (state / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(IdseditError, match="decoder schedule"):
+        train_mini("decoder", cfg_v2(state, 4), log=quiet)
+    assert read_json(state / "vae_decoder.json")["step"] == 3  # nothing written

@@ -78,6 +78,9 @@ class TrainConfig:
     vae_min_lr_frac: float = 0.05  # final VAE lr / vae_lr of the cosine decay
     decoder_decay_steps: int = 0  # decoder stage with vae_decay_steps > 0: its own warm-up + cosine over this
     #                               many steps (0: vae_decay_steps); v1 (vae_decay_steps = 0) continues the VAE's lr
+    decoder_lr: float = 0.0  # peak lr of that decoder schedule (0: vae_lr). Start low: re-warming an annealed VAE's
+    #                          decoder to 1e-3 cost 3 dB in 200 steps (docs/mini-prior-v2.md, section 6.1)
+    decoder_warmup_steps: int = 0  # warm-up steps of that decoder schedule (0: warmup_steps)
     heldout_every: int = 0  # >0: every this many UNet steps, log the EMA model's held-out denoising loss
     heldout_draws: int = 4  # held-out (t, noise) draws per validation scene
     unet_cooldown_start: int = 0  # >0: from this UNet step, decay the lr linearly ...
@@ -294,6 +297,27 @@ def decoder_keys(key: str) -> bool:
     return key.startswith("decoder.") or key.startswith("post_quant_conv.")
 
 
+def decoder_schedule(cfg: TrainConfig) -> tuple[float, int, int, float]:
+    """(peak lr, warm-up steps, cosine steps, final fraction) of the decoder-only fine-tune when vae_decay_steps > 0:
+    lr(step) = lr_at(step, *decoder_schedule(cfg))."""
+    return (cfg.decoder_lr or cfg.vae_lr, cfg.decoder_warmup_steps or cfg.warmup_steps,
+            cfg.decoder_decay_steps or cfg.vae_decay_steps, cfg.vae_min_lr_frac)
+
+
+def check_decoder_schedule(meta: dict, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume a decoder fine-tune under another learning-rate schedule than the one it was trained with
+    (``meta["lr_schedule"]``, recorded since its first step): continuing an annealed decoder at a higher rate
+    undoes it."""
+    done = meta.get("lr_schedule")
+    if done is not None and meta.get("step", 0) > 0 and [float(x) for x in done] != [float(x) for x in
+                                                                                        decoder_schedule(cfg)]:
+        raise IdseditError(f"{path} was trained to step {meta['step']} with the decoder schedule (peak lr, warm-up, "
+                           f"cosine steps, final fraction) = {tuple(done)}, but the config gives "
+                           f"{decoder_schedule(cfg)}: set decoder_lr / decoder_warmup_steps / decoder_decay_steps in "
+                           f"{cfg.state / 'config.json'} to the recorded values, or move the vae_decoder.* files away "
+                           f"to start a new fine-tune")
+
+
 def _record_step(meta, step, loss, loss_avg, decay, bar, cfg, last_save, save):
     """After an optimiser step: advance meta["step"], update the running loss (EMA with ``decay``) and the bar,
     checkpoint when ``cfg.checkpoint_minutes`` have passed. Returns (loss_avg, last_save)."""
@@ -356,6 +380,9 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
         vae_step = read_json(cfg.state / "vae.json")["step"]
         restore_optimizer(opt, params, sub, vae_step)
         meta["start_lr_step"] = vae_step
+    if part == "decoder" and cfg.vae_decay_steps > 0:
+        check_decoder_schedule(meta, cfg, cfg.state / f"{name}.json")
+        meta["lr_schedule"] = list(decoder_schedule(cfg))
     lr_offset = meta.get("start_lr_step", 0)
     start_step, t0 = meta["step"], time.time()
     last_save, loss_avg = t0, None
@@ -394,8 +421,7 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
             loss = loss + cfg.vae_kl_weight * post.kl().mean()
         for g in opt.param_groups:
             if part == "decoder" and cfg.vae_decay_steps > 0:  # a fresh schedule, not the VAE's decayed tail
-                g["lr"] = lr_at(step, cfg.vae_lr, cfg.warmup_steps, cfg.decoder_decay_steps or cfg.vae_decay_steps,
-                                cfg.vae_min_lr_frac)
+                g["lr"] = lr_at(step, *decoder_schedule(cfg))
             else:
                 g["lr"] = lr_at(step + lr_offset, cfg.vae_lr, cfg.warmup_steps, cfg.vae_decay_steps,
                                 cfg.vae_min_lr_frac)
