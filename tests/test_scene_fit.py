@@ -113,6 +113,32 @@ def test_one_edit_step_calls_the_2d_method_function(fitted, tiny_prior, tmp_path
     assert load_scene(tmp_path / "edited").history[-1]["kind"] == "edit"
 
 
+def test_resumed_edit_equals_uninterrupted_with_occupancy_refreshes(fitted, tiny_prior, tmp_path):
+    """An edit stopped after 3 steps and rerun to 5 equals an uninterrupted 5-step edit bitwise, occupancy
+    refreshes (every 2 steps, their own random stream) included; the cameras do not depend on the refreshes."""
+    res, _ = fitted
+    cfg = dict(method="dds", steps=5, lr=0.05, occupancy_every=2, seed=4)
+    cams = {}
+
+    def run(out, should_stop=None, refresh=2):
+        seen = cams.setdefault((out.name, refresh), [])
+        return edit_scene(tiny_prior, res.out_dir, "a red cube", "a blue cube", out,
+                          SceneEditConfig(**{**cfg, "occupancy_every": refresh}), progress=False,
+                          should_stop=should_stop, callback=lambda step, info: seen.append(info["cameras"]))
+
+    full = run(tmp_path / "full")
+    polls = iter(range(100))
+    part = run(tmp_path / "part", should_stop=lambda: next(polls) >= 3)
+    assert part.cancelled and part.steps_done == 3
+    done = run(tmp_path / "part")
+    assert not done.cancelled and done.steps_done == 5
+    a, b = load_scene(tmp_path / "full").field.state_dict(), load_scene(tmp_path / "part").field.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    run(tmp_path / "norefresh", refresh=0)
+    assert cams[("full", 2)] == cams[("part", 2)] == cams[("norefresh", 0)]
+    assert full.report["occupancy_refresh_s"] > 0
+
+
 def test_render_cameras_and_orbit(fitted, dataset, tmp_path):
     res, _ = fitted
     scene = load_scene(res.out_dir)

@@ -204,6 +204,7 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
     opt = _optimizer(f, cfg)
     sampler = Sampler.seeded(cfg.seed)
     cam_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    occ_gen = torch.Generator().manual_seed(cfg.seed + 2)   # its own stream: every method sees the same cameras
     start, elapsed = 0, 0.0
     key = {"source_scene": str(Path(scene_dir).resolve()), "source": source, "target": target,
            "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)}
@@ -223,6 +224,7 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
         opt.load_state_dict(ck["optimizer"])
         sampler.generator.set_state(ck["sampler"])
         cam_gen.set_state(ck["cameras"])
+        occ_gen.set_state(ck["occupancy_generator"])
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
         if log:
             log(f"resuming {out} from step {start}")
@@ -247,7 +249,8 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
 
     def save_ckpt(step: int, spent: float) -> None:
         state = {"step": step, "elapsed": spent, "field": f.state_dict(), "optimizer": opt.state_dict(),
-                 "sampler": sampler.generator.get_state(), "cameras": cam_gen.get_state(), "key": json.dumps(key)}
+                 "sampler": sampler.generator.get_state(), "cameras": cam_gen.get_state(),
+                 "occupancy_generator": occ_gen.get_state(), "key": json.dumps(key)}
         atomic_write_bytes(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     bar = None
@@ -296,7 +299,7 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
             if cfg.occupancy_every > 0 and not cfg.freeze_geometry and step % cfg.occupancy_every == 0 \
                     and step < cfg.steps:
                 w0 = time.perf_counter()
-                refresh_occupancy(f, base_occ, src_scene.step, cam_gen)
+                refresh_occupancy(f, base_occ, src_scene.step, occ_gen)
                 other["occupancy_s"] += time.perf_counter() - w0
             if bar is not None:
                 bar.update(1)
