@@ -77,8 +77,8 @@ class SceneEditConfig:
     step_scale: float = 2.0         # edit renders (edited and source alike) sample every step_scale x the scene's
                                     # step (2 = one sample per grid cell: measured 46-52 dB from the exact render,
                                     # half the cost); the saved scene keeps its own step
-    trans_eps: float = 1e-3         # edit renders: drop samples the ray reaches with less transmittance (the colour
-                                    # changes by < trans_eps; the fit and `scene render` use 1e-4)
+    trans_eps: float = 1e-3         # edit renders: drop samples the ray reaches with less transmittance (measured
+                                    # 59-63 dB from the 1e-4 render; the fit and `scene render` use 1e-4)
     weight_eps: float = 1e-3        # edit renders: samples with a smaller weight get no colour evaluation
     checkpoint_every: int = 50
     distill: DistillConfig = field(default_factory=DistillConfig)
