@@ -239,11 +239,20 @@ def report(args) -> str:
     out = Path(args.out)
     rows = [r for r in _read_jsonl(out / "rows.jsonl") if r["label"] == "source" or r["steps"] == args.edit_steps]
     rows = list({(r["scene"], r["family"], r["label"]): r for r in rows}.values())    # a rerun's duplicate: the last
+    if args.table_methods:          # only these methods, on the scenes where every one of them ran (paired table)
+        keep = set(_list(args.table_methods))
+        have = {}
+        for r in rows:
+            have.setdefault((r["family"], r["scene"]), set()).add(r["label"])
+        rows = [r for r in rows if r["label"] in keep | {"source"} and keep <= have[(r["family"], r["scene"])]]
+        if not rows:
+            return "no scene has every method of --table-methods yet"
     if not rows:
         return "no rows yet"
     fits = _read_jsonl(out / "fits.jsonl")
     summ = summarise(rows)
-    lines = []
+    lines = [f"Scenes per family: " + ", ".join(f"{fam}: {sorted({r['scene'] for r in rows if r['family'] == fam})}"
+                                                 for fam in dict.fromkeys(r["family"] for r in rows)) + "\n"]
     if fits:
         p = [f["heldout_psnr"] for f in fits]
         lines.append(f"Source fits: {len(fits)} scenes, held-out PSNR {np.mean(p):.2f} dB (min {min(p):.2f}, max "
@@ -576,6 +585,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/scene-results")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--doc", default=None, help="also write the markdown tables to this file")
+    ap.add_argument("--table-methods", default="", help="report only these methods, on the scenes all of them ran")
     ap.add_argument("--figures", default=None, help="folder for the figures (from the cached edits)")
     ap.add_argument("--figure-scene", type=int, default=0)
     ap.add_argument("--figure-elevation", type=float, default=30.0)
