@@ -270,7 +270,7 @@ def report(args) -> str:
                          + " | ".join(_ci(s[k], kind) for k, _, kind in COLUMNS)
                          + f" | {_fmt(float(np.mean(sps)), 's') if sps else '-'} |")
         lines.append("")
-        pairs = [(a, b) for a, b in (("ids", "dds"), ("ids", "cds"), ("cds", "dds"), ("dds", "sds"))
+        pairs = [(a, b) for a, b in (("ids", "dds"), ("ids", "cds"), ("cds", "dds"), ("ids", "pds"), ("ids", "sds"), ("dds", "sds"))
                  if a in labels and b in labels]
         if pairs:
             lines.append(f"Paired differences, {fam} edits (same scenes, cameras, t and noise; mean [95% CI])\n")
