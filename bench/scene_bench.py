@@ -2,13 +2,14 @@
 score every edit against the world's exact edited renders from a grid of cameras, and report means with 95%
 bootstrap CIs over scenes, paired differences, and edit quality binned by camera view. A benchmark, not a test.
 
-    # the run of docs/scene-results.md (resumable: rerun the same command to continue)
-    .venv/bin/python bench/scene_bench.py --scenes 8 --methods dds,ids,cds,sds,pds --shape-methods dds,ids,cds \
-        --edit-steps 150 --out runs/scene-results
-    .venv/bin/python bench/scene_bench.py --out runs/scene-results --report-only --doc docs/scene-results-table.md
+    # the full run (resumable: rerun the same command to continue); docs/scene-results.md lists what was run
+    .venv/bin/python bench/scene_bench.py --scenes 8 --fit-steps 200 --methods dds,ids,cds,sds,pds \
+        --shape-methods dds,ids,cds --edit-steps 150 --out runs/scene-results
+    .venv/bin/python bench/scene_bench.py --out runs/scene-results --report-only --table-methods dds,ids,cds
     .venv/bin/python bench/scene_bench.py --out runs/scene-results --figures docs/   # multi-view figure, orbit GIFs
     .venv/bin/python bench/scene_bench.py --diagnose 4 --out runs/scene-results      # 2D gradient quality per view
     .venv/bin/python bench/scene_bench.py --memory dds,ids --out runs/scene-results  # 512x512 medium-shape step
+    .venv/bin/python bench/scene_bench.py --memory-child ids --memory-part prior --out runs/scene-results  # halves
 
 Scene i is the source scene of ``idsedit eval``'s colour case i (run seed --case-seed); its colour edit is that
 case's, its shape edit is drawn from the same scene (idsedit.scene.evaluate.scene_cases). Each scene: a 56-view
