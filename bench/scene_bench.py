@@ -14,7 +14,7 @@ bootstrap CIs over scenes, paired differences, and edit quality binned by camera
 Scene i is the source scene of ``idsedit eval``'s colour case i (run seed --case-seed); its colour edit is that
 case's, its shape edit is drawn from the same scene (idsedit.scene.evaluate.scene_cases). Each scene: a 56-view
 64x64 dataset (every 7th view held out), one fit (cached), then every method edits it with the same cameras, t and
-noise (seed --edit-seed; the step stream and the method stream of idsedit.evaluate.runner.PairedSampler, so CDS's
+noise (seed --edit-seed; the step stream and the method stream of idsedit.rng.PairedSampler, which idsedit.scene.edit uses, so CDS's
 permutations and PDS's second noise do not shift the t / noise that the other methods see). Every finished edit
 appends one row to OUT/rows.jsonl; a rerun skips finished rows (and resumes an interrupted edit from its
 checkpoint). Scores (idsedit.scene.evaluate) come from 16 cameras: elevations 20 and 45 x 8 azimuths; elevation 20
@@ -86,19 +86,6 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _paired_sampler_in_edit() -> None:
-    """Make idsedit.scene.edit draw from the paired two-stream sampler of idsedit eval (see the module doc)."""
-    import idsedit.scene.edit as edit_mod
-    from idsedit.evaluate.runner import PairedSampler
-
-    class _Paired(PairedSampler):
-        @classmethod
-        def seeded(cls, seed, device="cpu"):
-            return cls(int(seed), device=device)
-
-    edit_mod.Sampler = _Paired
-
-
 def _no_refresh(cls) -> dict:
     """occupancy_every=0 where the edit has it: its rebuild draws a state-dependent number of random points from
     the camera generator, which would give different methods different cameras after the first rebuild."""
@@ -139,7 +126,6 @@ def run(args) -> None:
     cams = eval_cameras(_floats(args.eval_elevations), _floats(args.eval_azimuths))
     c2w, intr, hw = camera_tensors(cams, args.size)
     cam_info = [{"elevation": c.elevation, "azimuth": c.azimuth} for c in cams]
-    _paired_sampler_in_edit()
     prior = None
     t_start = time.perf_counter()
     for case in cases[args.first_scene:]:

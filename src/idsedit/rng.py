@@ -47,3 +47,31 @@ class Sampler:
 
     def _device(self, device):
         return self.generator.device if self.generator is not None else device
+
+
+class PairedSampler(Sampler):
+    """Two seeded streams: the step stream (t, then the step's eps, in the loop's order) and a method stream
+    for any other draw; optionally t on a grid t = stride k + offset, k ~ U{lo, ..., hi - 1}."""
+
+    def __init__(self, seed: int, t_grid: tuple[int, int, int, int] | None = None, device: str = "cpu"):
+        super().__init__(torch.Generator(device=device).manual_seed(int(seed)))
+        self.method_generator = torch.Generator(device=device).manual_seed(int(seed) + 1_000_003)
+        self.t_grid = t_grid
+        self._eps_pending = False  # the next randn_like is the step's eps (draw_step: t first, then eps)
+
+    def randint(self, low: int, high: int, device="cpu"):
+        if self.t_grid is not None:
+            stride, offset, lo, hi = self.t_grid
+            t = torch.randint(lo, hi, (1,), generator=self.generator) * stride + offset
+        else:
+            t = torch.randint(low, high, (1,), generator=self.generator)
+        self._eps_pending = True
+        return t
+
+    def randn_like(self, x):
+        gen = self.generator if self._eps_pending else self.method_generator
+        self._eps_pending = False
+        return torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+    def permutation(self, n: int, device="cpu"):
+        return torch.randperm(n, generator=self.method_generator).to(device)

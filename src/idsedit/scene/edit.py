@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import loop
 from ..distill import DistillConfig
 from ..errors import IdseditError
-from ..rng import Sampler
+from ..rng import PairedSampler
 from .data import load_views
 from .field import TensoRF
 from .render import render_image, render_image_grad
@@ -202,7 +202,9 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
         for p in list(f.density_planes) + list(f.density_lines):
             p.requires_grad_(False)
     opt = _optimizer(f, cfg)
-    sampler = Sampler.seeded(cfg.seed)
+    # two streams: t and eps (the step stream) apart from CDS's permutations and PDS's second noise (the method
+    # stream), so every method sees the same t and eps at every step, as in `idsedit eval`
+    sampler = PairedSampler(cfg.seed)
     cam_gen = torch.Generator().manual_seed(cfg.seed + 1)
     occ_gen = torch.Generator().manual_seed(cfg.seed + 2)   # its own stream: every method sees the same cameras
     start, elapsed = 0, 0.0
@@ -223,6 +225,8 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
         f.load_state_dict(ck["field"])
         opt.load_state_dict(ck["optimizer"])
         sampler.generator.set_state(ck["sampler"])
+        if "sampler_method" in ck:
+            sampler.method_generator.set_state(ck["sampler_method"])
         cam_gen.set_state(ck["cameras"])
         occ_gen.set_state(ck["occupancy_generator"])
         start, elapsed = int(ck["step"]), float(ck["elapsed"])
@@ -249,7 +253,8 @@ def edit_scene(prior, scene_dir, source: str, target: str, out_dir, config: Scen
 
     def save_ckpt(step: int, spent: float) -> None:
         state = {"step": step, "elapsed": spent, "field": f.state_dict(), "optimizer": opt.state_dict(),
-                 "sampler": sampler.generator.get_state(), "cameras": cam_gen.get_state(),
+                 "sampler": sampler.generator.get_state(),
+                 "sampler_method": sampler.method_generator.get_state(), "cameras": cam_gen.get_state(),
                  "occupancy_generator": occ_gen.get_state(), "key": json.dumps(key)}
         atomic_write_bytes(ckpt_path, lambda tmp: torch.save(state, tmp))
 
