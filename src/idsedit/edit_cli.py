@@ -206,8 +206,8 @@ def make_config(args: argparse.Namespace, method: str | None = None):
     from .edit2d import EditConfig
     from .variants import variant_config
 
-    preset = get_preset(args.preset) if getattr(args, "preset", None) else None
-    name = canonical_variant(method or args.method or (preset.variant if preset else EditConfig().method))
+    preset = _preset(args)
+    name = _chosen_variant(args, method)
     variant = get_variant(name)
     given = {f: getattr(args, a) for a, f in DISTILL_FLAGS.items() if getattr(args, a) is not None}
     for field, value in variant.distill.items():
@@ -231,10 +231,20 @@ def _flag_value(value) -> str:
 def variant_name(args: argparse.Namespace, job) -> str:
     """The canonical variant name a job runs (its manifest method, else --method, else --preset's, else the
     default)."""
+    return _chosen_variant(args, job.method)
+
+
+def _preset(args: argparse.Namespace):
+    """The EditPreset --preset names, or None."""
+    return get_preset(args.preset) if getattr(args, "preset", None) else None
+
+
+def _chosen_variant(args: argparse.Namespace, method: str | None) -> str:
+    """canonical(method, else --method, else --preset's variant, else EditConfig's default)."""
     from .edit2d import EditConfig
 
-    preset = get_preset(args.preset) if getattr(args, "preset", None) else None
-    return canonical_variant(job.method or args.method or (preset.variant if preset else EditConfig().method))
+    preset = _preset(args)
+    return canonical_variant(method or args.method or (preset.variant if preset else EditConfig().method))
 
 
 def collect_jobs(args: argparse.Namespace):
