@@ -87,8 +87,9 @@ def _code_version() -> str:
 
 
 def _no_refresh(cls) -> dict:
-    """occupancy_every=0 where the edit has it: its rebuild draws a state-dependent number of random points from
-    the camera generator, which would give different methods different cameras after the first rebuild."""
+    """occupancy_every=0 where the edit has it. Pairing no longer needs this (the refresh now draws from its own
+    generator, so every method sees the same cameras); it stays off so that the rows of the results run started
+    on 2026-11-30 without refreshes stay comparable when it resumes."""
     return {"occupancy_every": 0} if "occupancy_every" in {f.name for f in dataclasses.fields(cls)} else {}
 
 
