@@ -40,6 +40,39 @@ def test_cases_change_exactly_their_family_and_prompts_name_it():
         make_cases(["texture"], 1)
 
 
+def test_around_view_cases_are_the_default_cases_seen_from_another_camera():
+    """--view around: the same scenes, edits, prompts and seeds as the default view, seen from a camera around the
+    scene (both renders from that one camera, the same distractors); the edit still changes exactly its family,
+    and a background edit shows the background."""
+    from idsedit.evaluate.cases import FAMILIES, make_cases
+    from idsedit.mini.evaluator import changed_attributes
+    from idsedit.shapes import DEFAULT_CAMERA, render
+    from idsedit.shapes.views import background_visible
+
+    flat = make_cases(FAMILIES, 2, seed=5)
+    around = make_cases(FAMILIES, 2, seed=5, view="around")
+    assert [c.name + "-around" for c in flat] == [c.name for c in around]
+    assert [(c.seed, c.source_prompt, c.target_prompt, c.attribute) for c in flat] == \
+           [(c.seed, c.source_prompt, c.target_prompt, c.attribute) for c in around]
+    assert all(c.source_params.camera == DEFAULT_CAMERA for c in flat)
+    for d, c in zip(flat, around):
+        cam = c.source_params.camera
+        assert cam != DEFAULT_CAMERA and c.target_params.camera == cam
+        assert c.source_params.main == d.source_params.main and c.target_params.main == d.target_params.main
+        assert c.source_params.objects[1:] == c.target_params.objects[1:]
+        assert set(c.source_params.objects[1:]) <= set(d.source_params.objects[1:])
+        assert set(changed_attributes(c.source_params, c.target_params)) == EXPECTED_CHANGE[c.attribute], c.name
+        if c.attribute == "background":
+            assert background_visible(cam)
+    a, b = render(around[0].source_params, 32), render(around[0].target_params, 32)   # colour: only the object
+    untouched = (a.coverage == 0) & (b.coverage == 0)
+    assert a.mask.any() and untouched.mean() > 0.3 and np.abs(a.rgb - b.rgb)[untouched].max() < 1e-6
+    assert np.abs(a.rgb - b.rgb)[a.mask].max() > 0.05
+    assert [c.name for c in make_cases(["colour"], 2, seed=5, view="around")] == [around[0].name, around[6].name]
+    with pytest.raises(IdseditError, match="unknown view"):
+        make_cases(["colour"], 1, view="top")
+
+
 def _draws(prior, method_variant, seed, steps=3, sampler_cls=None):
     from idsedit.edit2d import edit_latents, image_to_tensor
     from idsedit.evaluate.cases import make_case, render_image
@@ -244,6 +277,31 @@ def test_quick_preset_end_to_end_writes_every_output(tmp_path, capsys):
     before = (out / "rows.jsonl").read_text()
     assert evaluate.cli_main(_eval_args("--model", str(TINY_MODEL), "--out", str(out), "--quiet")) == 0
     assert (out / "rows.jsonl").read_text() == before
+
+
+def test_eval_around_view_with_another_evaluator(tmp_path):
+    """--view around --evaluator FILE: the cases are the around-view ones, the rows are judged by that file, and
+    the judge is part of each row's fingerprint (the same rows judged by the bundled evaluator are not resumed)."""
+    import shutil
+
+    from idsedit import evaluate
+    from idsedit.evaluate.runner import run_fingerprint
+    from idsedit.mini.evaluator import DEFAULT_WEIGHTS
+
+    judge = tmp_path / "judge.safetensors"          # the bundled weights under another name: a different judge
+    shutil.copy(DEFAULT_WEIGHTS, judge)
+    shutil.copy(DEFAULT_WEIGHTS.with_suffix(".json"), judge.with_suffix(".json"))
+    out = tmp_path / "a"
+    argv = ("--model", str(TINY_MODEL), "--device", "cpu", "--dtype", "fp32", "--families", "colour", "--n", "1",
+            "--methods", "dds", "--steps", "1", "--fpr-iters", "3", "--no-invert", "--residual-cases", "0",
+            "--trace-every", "0", "--view", "around", "--out", str(out), "--quiet")
+    assert evaluate.cli_main(_eval_args(*argv, "--evaluator", str(judge))) == 0
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert {r["case"] for r in rows} == {"colour-0-000-around"}
+    assert "judge.safetensors" in (out / "summary.md").read_text()
+    with pytest.raises(IdseditError, match="other settings"):
+        evaluate.cli_main(_eval_args(*argv))
+    assert run_fingerprint({}, {}, "m", True) != run_fingerprint({}, {}, "m", True, "j")
 
 
 def test_eval_cli_errors_are_one_line(tmp_path, capsys):

@@ -14,6 +14,11 @@ Families (prompts use the caption template that names exactly the edited attribu
     colour+shape  "a red cube"                          -> "a blue sphere"          (two attributes)
 
     cases = make_cases(FAMILIES, per_family=10, seed=0)     # 60 cases, names like "shape-0-003"
+
+Views: ``view="default"`` renders every case from the default 2D camera (the v1 prior's only camera);
+``view="around"`` renders the same scene and edit from a camera drawn around it (``idsedit.shapes.views``: azimuth
+0-360, elevation ~5-50 degrees; the mini prior v2's training cameras), named "<family>-<seed>-<index>-around", with
+the same seed as its default-view twin, so the two views of a case are edited with the same t and noise draws.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from ..errors import IdseditError
 
 FAMILIES: tuple[str, ...] = ("colour", "shape", "size", "floor", "background", "colour+shape")
 """Edit families in the order they are listed in reports."""
+
+VIEWS: tuple[str, ...] = ("default", "around")
+"""Camera choices of the cases (see the module docstring)."""
 
 FAMILY_ALIASES = {"color": "colour", "two": "colour+shape", "color+shape": "colour+shape", "bg": "background"}
 
@@ -98,10 +106,33 @@ def family_change(family: str, p, rng: np.random.Generator) -> dict:
     raise IdseditError(f"unknown edit family {family!r}")
 
 
-def make_case(family: str, seed: int, index: int) -> ShapesEditCase:
-    """Case ``index`` of ``family``: a random scene from its own seed and one edit of that family."""
+def around_view(p, q, seed: int):
+    """The source ``p`` and its edit ``q`` seen from one camera drawn around the main object (from ``seed``'s own
+    stream, so the scene and the edit stay those of the default-view case): the distractors that would hide the
+    main object or crowd the camera are dropped from both alike; a background edit gets a camera that shows the
+    background."""
+    from dataclasses import replace
+
+    from ..shapes.views import background_visible, sample_camera, view_scene
+
+    rng = np.random.default_rng([int(seed), 1])
+    for _ in range(100):
+        cam = sample_camera(rng, p.main)
+        if p.background == q.background or background_visible(cam):
+            break
+    else:  # pragma: no cover - 4% of the pixels miss the floor for most cameras
+        raise IdseditError(f"no camera around case seed {seed} shows the background")
+    seen = view_scene(p, cam)
+    return seen, replace(q, objects=(q.main, *seen.objects[1:]), camera=cam)
+
+
+def make_case(family: str, seed: int, index: int, view: str = "default") -> ShapesEditCase:
+    """Case ``index`` of ``family``: a random scene from its own seed and one edit of that family, seen from the
+    default camera or (``view="around"``) from a camera around the scene."""
     from ..shapes import SIZES, caption, sample_scene, size_word, with_changes
 
+    if view not in VIEWS:
+        raise IdseditError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
     family = canonical_family(family)
     s = case_seed(seed, family, index)
     rng = np.random.default_rng(s)
@@ -112,17 +143,20 @@ def make_case(family: str, seed: int, index: int) -> ShapesEditCase:
         p = with_changes(p, size=SIZES[size_word(p.main.size)])
     q = with_changes(p, **family_change(family, p, rng))
     template = _TEMPLATES[family]
-    return ShapesEditCase(f"{family}-{seed}-{index:03d}", p, q, caption(p, template=template),
-                          caption(q, template=template), family, s)
+    name = f"{family}-{seed}-{index:03d}"
+    if view == "around":
+        p, q = around_view(p, q, s)
+        name += "-around"
+    return ShapesEditCase(name, p, q, caption(p, template=template), caption(q, template=template), family, s)
 
 
-def make_cases(families, per_family: int, seed: int = 0) -> list[ShapesEditCase]:
+def make_cases(families, per_family: int, seed: int = 0, view: str = "default") -> list[ShapesEditCase]:
     """``per_family`` seeded cases of each family, interleaved (colour 0, shape 0, ..., colour 1, ...) so that a
-    partial run covers every family."""
+    partial run covers every family; ``view`` as :func:`make_case`."""
     if per_family < 1:
         raise IdseditError(f"cases per family must be >= 1, got {per_family}")
     families = [canonical_family(f) for f in families]
-    return [make_case(f, seed, i) for i in range(per_family) for f in families]
+    return [make_case(f, seed, i, view) for i in range(per_family) for f in families]
 
 
 def render_image(params, size: int) -> Image.Image:

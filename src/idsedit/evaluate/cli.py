@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: all)")
     g.add_argument("--n", type=int, default=None, help="cases per family")
     g.add_argument("--case-seed", type=int, default=0, help="seed of the cases (default: 0)")
+    g.add_argument("--view", default="default", choices=["default", "around"],
+                   help="camera of the cases: the default 2D view, or one drawn around each scene (the v2 prior's "
+                        "training cameras; same scenes, edits and t/noise draws as the default view)")
     g.add_argument("--methods", default=None,
                    help="comma-separated runs: any method of `idsedit edit --method`, pds@authors, sds@authors, "
                         "or 'all' (default: all)")
@@ -77,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled mini prior)")
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     m.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="UNet dtype (default: by device)")
+    m.add_argument("--evaluator", default=None,
+                   help="evaluator weights that judge the edits (default: the bundled assets/evaluator.safetensors)")
     m.add_argument("--out", default="idsedit-eval", help="output folder (default: ./idsedit-eval)")
     m.add_argument("--overwrite", action="store_true",
                    help="discard the folder's earlier rows instead of resuming from them")
@@ -111,6 +116,7 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "grid_cases": args.grid_cases if args.grid_cases is not None else pre.grid_cases,
         "invert": not args.no_invert, "batch": args.batch if args.batch is not None else pre.batch,
         "lr": args.lr, "case_seed": args.case_seed, "baseline": args.baseline,
+        "view": getattr(args, "view", "default"), "evaluator": getattr(args, "evaluator", None),
     }
     if s["per_family"] < 1:
         raise IdseditError(f"--n must be >= 1, got {s['per_family']}")
@@ -153,7 +159,7 @@ def _main(args) -> int:
 
         return run_pairs_cli(args)
     s = resolve(args)
-    cases = make_cases(s["families"], s["per_family"], s["case_seed"])
+    cases = make_cases(s["families"], s["per_family"], s["case_seed"], s["view"])
     runs = build_runs(parse_methods(s["methods"]), base_config(s), s["ablations"],
                       [m for m in s["ablate_methods"].split(",") if m.strip()], product=s["product"])
     out = Path(args.out)
@@ -172,11 +178,14 @@ def _main(args) -> int:
               f"({'with' if s['invert'] else 'without'} A->B->A), preset {s['preset']}: {out}", flush=True)
     save_json_atomic({"argv": sys.argv[1:], "settings": s, "model": prior.name,
                       "runs": [r.record() for r in runs], "cases": [c.record() for c in cases]}, out / "run.json")
+    from ..mini.evaluator import load_evaluator
     from .runner import run_evaluation
 
+    evaluator = load_evaluator(s["evaluator"])
     t0 = time.perf_counter()
-    rows = run_evaluation(prior, cases, runs, out, invert=s["invert"], trace_every=s["trace_every"],
-                          progress=not args.quiet, log=print, batch=s["batch"])
+    rows = run_evaluation(prior, cases, runs, out, evaluator=evaluator, invert=s["invert"],
+                          trace_every=s["trace_every"], progress=not args.quiet, log=print, batch=s["batch"],
+                          judge=str(Path(s["evaluator"]).resolve()) if s["evaluator"] else None)
     residuals = None
     if s["residual_cases"]:
         residuals = _residuals(prior, cases, s, out)
@@ -229,7 +238,9 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     argv = sys.argv[1:]
     command = "idsedit " + " ".join(argv) if argv[:1] == ["eval"] else "idsedit eval (called from Python)"
     header = {"command": command, "model": model, "preset": s["preset"],
-              "cases": f"{len(cases)} ({', '.join(s['families'])}; {s['per_family']} per family, seed {s['case_seed']})",
+              "cases": f"{len(cases)} ({', '.join(s['families'])}; {s['per_family']} per family, seed {s['case_seed']}"
+                       f"; {s.get('view', 'default')} view)",
+              "judge": s.get("evaluator") or "the bundled evaluator",
               "steps": s["steps"], "A->B->A": "yes" if s["invert"] else "no",
               "VAE round trip, PSNR outside (the ceiling)": _mean_vae(rows),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -131,10 +131,13 @@ def peak_memory(device: torch.device):
 
 
 # --------------------------------------------------------------------------------------------------- rows file
-def run_fingerprint(run_record: dict, case_record: dict, model: str, invert: bool) -> str:
-    """A short hash of everything that determines an edit's result (settings, case, model, protocol)."""
-    blob = json.dumps({"run": run_record, "case": case_record, "model": model, "invert": invert},
-                      sort_keys=True, default=str)
+def run_fingerprint(run_record: dict, case_record: dict, model: str, invert: bool, judge: str | None = None) -> str:
+    """A short hash of everything that determines an edit's result (settings, case, model, protocol, and the
+    evaluator's weights when they are not the bundled ones)."""
+    key = {"run": run_record, "case": case_record, "model": model, "invert": invert}
+    if judge is not None:
+        key["judge"] = judge
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -381,7 +384,7 @@ def run_edits(prior, ctxs: list[CaseContext], run, evaluator, *, invert: bool = 
 # --------------------------------------------------------------------------------------------------- many edits
 def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *, evaluator=None, invert: bool = True,
                    trace_every: int = 0, progress: bool = True, on_row: Callable | None = None,
-                   log: Callable[[str], None] | None = None, batch: int = 1) -> list[dict]:
+                   log: Callable[[str], None] | None = None, batch: int = 1, judge: str | None = None) -> list[dict]:
     """Edit every case with every run, appending each row to ``out/rows.jsonl`` as it finishes; rows already
     there with the same fingerprint are kept and their edits skipped (resume). Returns all rows in case x run
     order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits).
@@ -390,6 +393,8 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
     a batchable run (:func:`idsedit.evaluate.batching.batchable`) in one batched edit of the whole block
     (:func:`run_edits`). A block a resumed run has partly done is edited whole again (only the missing rows are
     stored), so a batch always holds the same cases and a resumed run gives the same numbers bit for bit.
+    ``judge``: the path of a non-bundled ``evaluator``'s weights, part of every row's fingerprint (rows judged by
+    another evaluator are not resumed).
     """
     from ..mini.evaluator import load_evaluator
     from .batching import batchable
@@ -405,7 +410,7 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
     plan, fps = [], {}
     for case in cases:
         for run in runs:
-            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name, invert)
+            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name, invert, judge)
             prev = done.get((case.name, run.label))
             if prev is not None and prev.get("fingerprint") != fp:
                 raise IdseditError(f"{rows_path} holds a result for {case.name} / {run.label} made with other settings "
