@@ -55,11 +55,20 @@ def _list(text: str) -> list:
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
-    """Append one line and fsync (a crash leaves whole rows only)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one line in one write under an exclusive lock, then fsync: a crash leaves whole rows only, and two
+    bench processes on disjoint scenes (``--scene-list``) can share one OUT folder."""
+    import fcntl
+
+    data = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)            # closing releases the lock
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -86,17 +95,12 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _no_refresh(cls) -> dict:
-    """occupancy_every=0 where the edit has it. Pairing no longer needs this (the refresh now draws from its own
-    generator, so every method sees the same cameras); it stays off so that the rows of the results run started
-    on 2026-11-30 without refreshes stay comparable when it resumes."""
-    return {"occupancy_every": 0} if "occupancy_every" in {f.name for f in dataclasses.fields(cls)} else {}
-
-
 def _fit_config(args):
     from idsedit.scene.fit import FitConfig
 
-    kw = {"steps": args.fit_steps, "holdout_every": args.holdout_every}
+    kw = {"holdout_every": args.holdout_every}
+    if args.fit_steps:
+        kw["steps"] = args.fit_steps
     if args.fit_voxels:
         kw["n_voxels"] = args.fit_voxels ** 3
     for item in args.fit_set:                       # FitConfig field=value (value parsed as JSON when it can be)
@@ -129,7 +133,10 @@ def run(args) -> None:
     cam_info = [{"elevation": c.elevation, "azimuth": c.azimuth} for c in cams]
     prior = None
     t_start = time.perf_counter()
+    wanted = set(int(v) for v in _list(args.scene_list)) if args.scene_list else None
     for case in cases[args.first_scene:]:
+        if wanted is not None and case.index not in wanted:
+            continue
         data = out / f"data-{case.index}"
         if not (data / "transforms.json").is_file():
             write_multiview(case.params, data, n_views=args.views, size=args.size)
@@ -137,13 +144,24 @@ def run(args) -> None:
         if not is_scene(scene_dir):
             t0, c0 = time.perf_counter(), time.process_time()
             res = fit_scene(data, scene_dir, _fit_config(args), progress=sys.stderr.isatty())
-            _append_jsonl(fits_path, {"scene": case.index, "prompt": case.edits[fams[0]][1], "steps": args.fit_steps,
-                                      "config": dataclasses.asdict(_fit_config(args)),
+            rep = res.report
+            hv = rep.get("heldout_views", [])
+            _append_jsonl(fits_path, {"scene": case.index, "prompt": case.edits[fams[0]][1], "steps": res.steps_done,
+                                      "config": dataclasses.asdict(_fit_config(args)), "code": _code_version(),
                                       "heldout_psnr": res.psnr, "wall_s": time.perf_counter() - t0,
                                       "cpu_s": time.process_time() - c0,
-                                      "heldout_depth_abs_err": res.report.get("heldout_depth_abs_err")})
-            print(f"scene {case.index}: fitted, held-out {res.psnr:.2f} dB, {time.process_time() - c0:.0f} CPU s",
-                  flush=True)
+                                      "fit_cpu_s": rep.get("cpu_seconds_this_run"),
+                                      "train_psnr_subset": rep.get("train_psnr_subset"),
+                                      "heldout_psnr_views": [v["psnr"] for v in hv],
+                                      "heldout_depth_abs_err": rep.get("heldout_depth_abs_err"),
+                                      "surface_agreement": float(np.mean([v["surface_agreement"] for v in hv
+                                                                          if "surface_agreement" in v]))
+                                      if hv else None,
+                                      "occupied_fraction": rep.get("occupied_fraction"),
+                                      "loadavg": os.getloadavg()})
+            print(f"scene {case.index}: fitted, held-out {res.psnr:.2f} dB, depth err "
+                  f"{rep.get('heldout_depth_abs_err') or math.nan:.3f}, {time.process_time() - c0:.0f} CPU s, "
+                  f"{time.perf_counter() - t0:.0f} s wall", flush=True)
         src = load_scene(scene_dir)
         src_renders = None
         for fam in fams:
@@ -173,8 +191,7 @@ def run(args) -> None:
                     v = variant_config(m)
                     cfg = SceneEditConfig(method=v.method, steps=args.edit_steps, distill=v.distill,
                                           seed=args.edit_seed, checkpoint_every=args.checkpoint_every,
-                                          lr=args.edit_lr, lr_basis=1e-3, views_per_step=1, grow_cells=1,
-                                          **_no_refresh(SceneEditConfig))
+                                          lr=args.edit_lr, lr_basis=1e-3, views_per_step=1, grow_cells=1)
                     edited = out / f"edit-{case.index}-{fam}-{m}-{args.edit_steps}"
                     t0, c0 = time.perf_counter(), time.process_time()
                     if not is_scene(edited) or (edited / "checkpoint.pt").is_file():
@@ -550,6 +567,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=8, help="number of seeded scenes")
     ap.add_argument("--first-scene", type=int, default=0)
+    ap.add_argument("--scene-list", default="", help="only these scene indices (e.g. 0,2,4,6); two processes on "
+                    "disjoint lists may share --out")
     ap.add_argument("--case-seed", type=int, default=0, help="run seed of idsedit eval's colour cases")
     ap.add_argument("--families", default="colour,shape")
     ap.add_argument("--methods", default="dds,ids,cds,sds,pds", help="variants (colour edits; shape edits too unless "
@@ -558,7 +577,7 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, default=56)
     ap.add_argument("--holdout-every", type=int, default=7)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--fit-steps", type=int, default=1500)
+    ap.add_argument("--fit-steps", type=int, default=0, help="fit steps (0: FitConfig's default, 400)")
     ap.add_argument("--fit-voxels", type=int, default=0, help="final grid cells per side (0: FitConfig's default)")
     ap.add_argument("--fit-set", nargs="*", default=[], metavar="FIELD=VALUE", help="other FitConfig fields")
     ap.add_argument("--edit-steps", type=int, default=150)

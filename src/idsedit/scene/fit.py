@@ -61,6 +61,8 @@ class FitConfig:
                                     # at its end reached 27.8 dB at step 200, this schedule 29.8 dB)
     env_start: int = 50             # the learned background's lr is 0 before this step: surfaces of uniform colour
                                     # (a floor) become geometry before the background can imitate them
+    env_init: str = "mean"          # the learned background's start: "mean" = the training images' mean colour
+                                    # (every direction), "gray" = sigmoid(0) = 0.5 (see init_background)
     l1_density: float = 1e-4        # weight of mean |density plane and line values| (clears floaters)
     tv_density: float = 0.0         # weight of the density grids' total variation (0.01 made thick, foggy surfaces)
     tv_app: float = 0.001           # weight of the appearance grids' total variation
@@ -156,6 +158,22 @@ def build_field(cfg: FitConfig, views: Views, generator: torch.Generator) -> Ten
                        density_shift=cfg.density_shift,
                        occupancy_resolution=[max(2, round(v * cfg.occupancy_scale)) for v in stages[-1]])
     return TensoRF(fcfg, generator=generator)
+
+
+def init_background(f: TensoRF, views: Views, how: str = "mean") -> None:
+    """Set the learned background's start: ``mean``: every texel's logit = logit(mean colour of the training
+    images) (clamped to [0.02, 0.98]); ``gray``: logit 0 (0.5). While the background is held fixed (the first
+    ``env_start`` steps), every pixel whose colour differs from it must be painted with density; the pixels that
+    match it need none. Starting at the images' mean (mostly the floor's colour) leaves the density to the object,
+    its shadow and what differs from the mean, which the views agree on; a mid-gray start made a coloured floor
+    into an opaque view-dependent layer near the cameras (measured in docs/scene.md)."""
+    if f.env is None or how == "gray":
+        return
+    if how != "mean":
+        raise IdseditError(f"env_init {how!r}: use mean or gray")
+    m = views.images.reshape(-1, 3).mean(0).clamp(0.02, 0.98)
+    with torch.no_grad():
+        f.env.copy_(torch.log(m / (1 - m)).view(1, 3, 1, 1).expand_as(f.env))
 
 
 def make_optimizer(f: TensoRF, cfg: FitConfig) -> torch.optim.Adam:
@@ -279,6 +297,7 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
 
     gen = torch.Generator().manual_seed(cfg.seed)
     f = build_field(cfg, train, gen)
+    init_background(f, train, cfg.env_init)
     opt = make_optimizer(f, cfg)
     start, elapsed = 0, 0.0
     if ckpt_path.is_file():
