@@ -43,6 +43,7 @@ COLUMNS = (("edit_success", "edit success", "pct"), ("view_edited", "views edite
            ("psnr_to_target", "PSNR to truth dB", "db"), ("ssim_to_target", "SSIM to truth", "ssim"),
            ("psnr_outside", "PSNR outside dB", "db"), ("depth_abs_err", "depth err", "depth"),
            ("depth_err_outside", "depth err outside", "depth"))
+EVAL_COLUMNS = (("eval_reached", "evaluator: edited", "pct"), ("eval_kept", "evaluator: kept", "pct"))
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -125,7 +126,15 @@ def run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path, fits_path = out / "rows.jsonl", out / "fits.jsonl"
-    done = {(r["scene"], r["family"], r["label"], r.get("steps")) for r in _read_jsonl(rows_path)}
+    old_rows = _read_jsonl(rows_path)
+    judge = None
+    if args.evaluator:
+        from idsedit.mini.evaluator import load_evaluator
+
+        judge = load_evaluator(args.evaluator)
+    # a row counts as done unless the run now judges with an evaluator and the row was not judged by it
+    done = {(r["scene"], r["family"], r["label"], r.get("steps")) for r in old_rows
+            if not args.evaluator or r.get("evaluator") == str(args.evaluator)}
     fams = _list(args.families)
     cases = scene_cases(args.scenes, args.case_seed, fams)
     cams = eval_cameras(_floats(args.eval_elevations), _floats(args.eval_azimuths))
@@ -178,7 +187,7 @@ def run(args) -> None:
                 if m == "source":
                     if src_renders is None:
                         src_renders = render_views(src, c2w, intr, hw)
-                    sc = score_renders(src_renders, truths)
+                    sc = score_renders(src_renders, truths, evaluator=judge, source=case.params, target=target)
                     row = {**base, "steps": 0}
                 else:
                     if args.deadline and time.time() > args.deadline:
@@ -200,7 +209,8 @@ def run(args) -> None:
                     else:
                         rep = json.loads((edited / "report.json").read_text())
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                    sc = score_renders(render_views(load_scene(edited), c2w, intr, hw), truths)
+                    sc = score_renders(render_views(load_scene(edited), c2w, intr, hw), truths, evaluator=judge,
+                                       source=case.params, target=target)
                     row = {**base, "steps": args.edit_steps, "method": v.method, "edit_seed": args.edit_seed,
                            "edit_lr": cfg.lr, "code": _code_version(),
                            "wall_s": wall, "cpu_s": cpu, "cpu_s_per_step": cpu / args.edit_steps,
@@ -208,6 +218,8 @@ def run(args) -> None:
                            "unet_calls_per_step": rep.get("unet_calls_per_step"),
                            "edit_resolution": rep.get("edit_resolution")}
                 row.update(sc["mean"])
+                row["evaluator"] = str(args.evaluator) if args.evaluator else None
+                row["model"] = str(args.model) if args.model else None
                 row["views"] = [{**ci, **v} for ci, v in zip(cam_info, sc["views"])]
                 _append_jsonl(rows_path, row)
                 done.add((case.index, fam, m, row["steps"]))
@@ -256,6 +268,7 @@ def report(args) -> str:
         return "no rows yet"
     fits = _read_jsonl(out / "fits.jsonl")
     summ = summarise(rows)
+    cols = (EVAL_COLUMNS if any("eval_reached" in r for r in rows) else ()) + COLUMNS
     lines = [f"Scenes per family: " + ", ".join(f"{fam}: {sorted({r['scene'] for r in rows if r['family'] == fam})}"
                                                  for fam in dict.fromkeys(r["family"] for r in rows)) + "\n"]
     if fits:
@@ -265,26 +278,26 @@ def report(args) -> str:
     for fam in dict.fromkeys(r["family"] for r in rows):
         labels = _order({lab for (f, lab) in summ if f == fam})
         lines.append(f"**{fam} edits** (mean over scenes [95% bootstrap CI]; {args.edit_steps} steps)\n")
-        lines.append("| method | scenes | " + " | ".join(c[1] for c in COLUMNS) + " | CPU s/step |")
-        lines.append("|---|---|" + "---|" * len(COLUMNS) + "---|")
+        lines.append("| method | scenes | " + " | ".join(c[1] for c in cols) + " | CPU s/step |")
+        lines.append("|---|---|" + "---|" * len(cols) + "---|")
         for lab in labels:
             s = summ[(fam, lab)]
             sps = [r["cpu_s_per_step"] for r in rows if r["family"] == fam and r["label"] == lab
                    and "cpu_s_per_step" in r]
             lines.append(f"| {'source (no edit)' if lab == 'source' else lab.upper()} | {s['n']} | "
-                         + " | ".join(_ci(s[k], kind) for k, _, kind in COLUMNS)
+                         + " | ".join(_ci(s[k], kind) for k, _, kind in cols)
                          + f" | {_fmt(float(np.mean(sps)), 's') if sps else '-'} |")
         lines.append("")
         pairs = [(a, b) for a, b in (("ids", "dds"), ("ids", "cds"), ("cds", "dds"), ("ids", "pds"), ("ids", "sds"), ("dds", "sds"))
                  if a in labels and b in labels]
         if pairs:
             lines.append(f"Paired differences, {fam} edits (same scenes, cameras, t and noise; mean [95% CI])\n")
-            lines.append("| difference | scenes | " + " | ".join(c[1] for c in COLUMNS) + " |")
-            lines.append("|---|---|" + "---|" * len(COLUMNS))
+            lines.append("| difference | scenes | " + " | ".join(c[1] for c in cols) + " |")
+            lines.append("|---|---|" + "---|" * len(cols))
             for a, b in pairs:
                 d = paired(rows, a, b, fam)
                 lines.append(f"| {a.upper()} - {b.upper()} | {d['n']} | "
-                             + " | ".join(_ci(d[k], kind, signed=True) for k, _, kind in COLUMNS) + " |")
+                             + " | ".join(_ci(d[k], kind, signed=True) for k, _, kind in cols) + " |")
             lines.append("")
     bv = by_view(rows)
     for fam in dict.fromkeys(r["family"] for r in rows):
@@ -587,7 +600,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-elevations", default="20,45")
     ap.add_argument("--eval-azimuths", default="0,45,90,135,180,225,270,315")
     ap.add_argument("--deadline", type=float, default=0.0, help="unix time after which no new edit starts")
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None, help="prior folder (default: the bundled prior)")
+    ap.add_argument("--evaluator", default=None, help="shapes-world evaluator weights (.safetensors with its .json) "
+                    "to judge every view with (eval_reached / eval_kept columns); rows judged otherwise are redone")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/scene-results")
     ap.add_argument("--report-only", action="store_true")

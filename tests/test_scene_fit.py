@@ -61,6 +61,25 @@ def test_fit_lowers_the_loss_and_writes_a_scene(fitted):
         assert torch.equal(scene.field.state_dict()[k], v), k
 
 
+def test_learned_background_starts_at_the_training_images_mean_colour(dataset):
+    """env_init="mean": every direction of the background shows the training images' mean colour at step 0;
+    "gray": sigmoid(0) = 0.5; a constant background is left alone."""
+    from idsedit.scene.data import load_views
+    from idsedit.scene.fit import build_field, init_background
+
+    views = load_views(dataset, "train", holdout_every=4)
+    mean = views.images.reshape(-1, 3).double().mean(0)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    for how, want in (("mean", mean), ("gray", torch.full((3,), 0.5, dtype=torch.float64))):
+        f = build_field(FitConfig(**{**TINY, "background": "learned"}), views, torch.Generator().manual_seed(0))
+        init_background(f, views, how)
+        torch.testing.assert_close(f.background(dirs).double(), want.expand(64, 3), atol=1e-6, rtol=0)
+    assert float((mean - 0.5).abs().max()) > 0.2       # the two starts differ here (measured mean 0.43, 0.26, 0.25)
+    f = build_field(FitConfig(**{**TINY, "background": "white"}), views, torch.Generator().manual_seed(0))
+    init_background(f, views, "mean")
+    assert f.env is None and torch.equal(f.background(dirs), torch.ones(64, 3))
+
+
 def test_resumed_fit_equals_uninterrupted(dataset, tmp_path):
     cfg = FitConfig(steps=7, seed=3, **TINY)
     whole = fit_scene(dataset, tmp_path / "whole", cfg, progress=False)

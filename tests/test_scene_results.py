@@ -66,3 +66,59 @@ def test_by_view_bins_and_difference_to_source():
     assert cell["edit_success"][0] == pytest.approx(0.5)
     assert cell["psnr_outside_vs_source"][0] == pytest.approx((18.0 + 19.0) / 2 - (20.0 + 22.0) / 2)
     assert math.isclose(out[("colour", "source", 20, 90.0)]["psnr_outside"][0], 21.0)
+
+
+def test_judge_views_reads_the_edit_from_exact_renders():
+    """The evaluator network judges exact renders at its own camera: the edited truth reaches the target colour
+    and keeps shape, floor and background; the source truth does not reach it and keeps the rest."""
+    from idsedit.mini.evaluator import load_evaluator
+    from idsedit.scene.evaluate import eval_cameras, judge_views, truths_for_cameras
+
+    case = scene_cases(1)[0]
+    target = case.edits["colour"][0]
+    t = truths_for_cameras(case.params, target, eval_cameras((20.0,), (0.0,)), 64)[0]
+    src, trg = judge_views(load_evaluator(), [t.src_rgb, t.trg_rgb], case.params, target)
+    assert (src["eval_reached"], src["eval_kept"]) == (0.0, 1.0)
+    assert (trg["eval_reached"], trg["eval_kept"]) == (1.0, 1.0)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "scene_bench.py"
+    spec = importlib.util.spec_from_file_location("scene_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _append_many(args):
+    path, who, n = args
+    bench = _bench()
+    for k in range(n):
+        bench._append_jsonl(path, {"who": who, "k": k, "pad": "x" * 200_000})   # > any pipe/page buffer
+
+
+def test_bench_appends_from_two_processes_are_whole_rows(tmp_path):
+    """Two bench processes sharing OUT/rows.jsonl (--scene-list) never interleave parts of rows."""
+    import multiprocessing as mp
+
+    path = tmp_path / "rows.jsonl"
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_append_many, [(path, 0, 6), (path, 1, 6)])
+    lines = path.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]          # every line parses: no torn or interleaved rows
+    assert sorted((r["who"], r["k"]) for r in rows) == [(w, k) for w in (0, 1) for k in range(6)]
+
+
+def test_bench_fit_config_defaults_to_the_fit_defaults():
+    import argparse
+
+    from idsedit.scene.fit import FitConfig
+
+    bench = _bench()
+    ns = argparse.Namespace(fit_steps=0, holdout_every=7, fit_voxels=0, fit_set=["lr_grid=0.05"])
+    cfg = bench._fit_config(ns)
+    assert cfg.steps == FitConfig().steps == 400 and cfg.holdout_every == 7 and cfg.lr_grid == 0.05
+    assert cfg.env_init == "mean"

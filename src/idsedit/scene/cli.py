@@ -110,6 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"then rebuild it every k steps (default {fd.occupancy_every})")
     f.add_argument("--env-start", type=_nonneg_int, default=fd.env_start,
                    help=f"the learned background starts learning at this step (default {fd.env_start})")
+    f.add_argument("--env-init", choices=("mean", "gray"), default=fd.env_init,
+                   help="the learned background's start: the training images' mean colour, or 0.5 gray "
+                        f"(default {fd.env_init})")
     f.add_argument("--opacity-entropy", type=float, default=fd.opacity_entropy,
                    help=f"weight of the rays' opacity entropy (default {fd.opacity_entropy})")
     f.add_argument("--eval-every", type=_nonneg_int, default=fd.eval_every,
@@ -140,6 +143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--fpr-iters", type=_nonneg_int, default=None, help="IDS fixed-point iterations")
     e.add_argument("--fpr-lambda", type=float, default=None, help="IDS fixed-point step size")
     e.add_argument("--fpr-mode", default=None, help="exact, jacobian-free or adaptive")
+    e.add_argument("--fpr-attention-backward", choices=("bf16", "fp32"), default=None,
+                   help="UNet attention backward inside exact FPR: bf16 (default; CPU fp32 only) or fp32")
     e.add_argument("--with-cut", action="store_true", default=None, help="IDS + CDS's PatchNCE term")
     e.add_argument("--cut-weight", type=float, default=None, help="weight of the PatchNCE term")
     e.add_argument("--negative-prompt", default=None, help="unconditional prompt of CFG")
@@ -205,7 +210,7 @@ def _fit(args) -> int:
                     checkpoint_every=args.checkpoint_every, lr_grid=args.lr, upsample_at=args.upsample_at,
                     occupancy_start=args.occupancy_start, tv_density=args.tv_density, tv_app=args.tv_app,
                     l1_density=args.l1_density, occupancy_every=args.occupancy_every, env_start=args.env_start,
-                    opacity_entropy=args.opacity_entropy, eval_every=args.eval_every)
+                    env_init=args.env_init, opacity_entropy=args.opacity_entropy, eval_every=args.eval_every)
     with stop_on_signals() as stop:
         res = fit_scene(args.data, args.out, cfg, should_stop=stop.is_set, progress=not args.quiet, log=_print)
     if res.cancelled:
@@ -226,8 +231,8 @@ def _edit_config(args):
     from .edit import SceneEditConfig
 
     v = get_variant(args.method)
-    over = {k: getattr(args, k) for k in ("guidance", "fpr_iters", "fpr_lambda", "fpr_mode", "with_cut",
-                                           "cut_weight", "negative_prompt") if getattr(args, k) is not None}
+    over = {k: getattr(args, k) for k in ("guidance", "fpr_iters", "fpr_lambda", "fpr_mode", "fpr_attention_backward",
+                                           "with_cut", "cut_weight", "negative_prompt") if getattr(args, k) is not None}
     clash = [k for k, val in over.items() if k in v.distill and v.distill[k] != val]
     if clash:
         raise IdseditError(f"--method {args.method} sets {', '.join(clash)} itself: drop --{clash[0].replace('_', '-')}"

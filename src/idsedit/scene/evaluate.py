@@ -12,6 +12,8 @@ truth's main-object masks:
     depth_abs_err      mean |depth - ground-truth edited depth| where both have a surface (world units)
     depth_err_outside  the same over pixels outside M only (geometry that the edit should not touch)
     surface_iou        IoU of {opacity >= 0.5} with {ground-truth depth finite}
+    eval_reached       (with an evaluator network, :func:`judge_views`) the edited attribute is predicted as the
+                       target's; eval_kept: the fraction of the other class attributes predicted unchanged
 
 Scores are means over views. Over scenes, :func:`summarise` gives means with percentile-bootstrap 95% intervals
 and :func:`paired` the paired difference of two methods (``idsedit.metrics.bootstrap_ci`` /
@@ -43,9 +45,10 @@ from .store import Scene
 EVAL_ELEVATIONS = (20.0, 45.0)
 EVAL_AZIMUTHS = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
 METRICS = ("edit_success", "view_edited", "psnr_to_target", "ssim_to_target", "psnr_outside", "depth_abs_err",
-           "depth_err_outside", "surface_iou")
+           "depth_err_outside", "surface_iou", "eval_reached", "eval_kept")
 HIGHER_IS_BETTER = {"edit_success": True, "view_edited": True, "psnr_to_target": True, "ssim_to_target": True,
-                    "psnr_outside": True, "depth_abs_err": False, "depth_err_outside": False, "surface_iou": True}
+                    "psnr_outside": True, "depth_abs_err": False, "depth_err_outside": False, "surface_iou": True,
+                    "eval_reached": True, "eval_kept": True}
 
 
 @dataclass
@@ -135,9 +138,38 @@ def render_views(scene: Scene, c2w: torch.Tensor, intr: torch.Tensor, hw) -> lis
     return out
 
 
-def score_renders(renders: list, truths: list[ViewTruth]) -> dict:
-    """{"mean": {metric: mean over views}, "views": [per-view scores]} of renders from :func:`render_views`."""
+JUDGED = ("color", "shape", "floor", "background")   # the evaluator's class attributes judged per view
+
+
+def judge_views(evaluator, images: list, source: SceneParams, target: SceneParams) -> list[dict]:
+    """The shapes-world evaluator network's verdict on each rendered view (H, W, 3) of an edit source -> target:
+    ``eval_reached`` = 1 when every changed class attribute (of colour, shape, floor, background) is predicted as
+    the target's, ``eval_kept`` = the fraction of the unchanged ones predicted as their (kept) value. Position,
+    size and rotation are not judged per view (their reference depends on the camera)."""
+    from ..mini.evaluator import changed_attributes
+
+    truth = {"color": target.main.color, "shape": target.main.shape, "floor": target.floor_color,
+             "background": target.background}
+    changed = [a for a in changed_attributes(source, target) if a in JUDGED]
+    pred = evaluator.predict(np.stack([np.clip(np.asarray(x, np.float32), 0, 1) for x in images]))
+    names = {k: evaluator.names(pred, k) for k in JUDGED}
+    out = []
+    for i in range(len(images)):
+        ok = {a: names[a][i] == truth[a] for a in JUDGED}
+        kept = [ok[a] for a in JUDGED if a not in changed]
+        out.append({"eval_reached": float(all(ok[a] for a in changed)) if changed else math.nan,
+                    "eval_kept": float(np.mean(kept)) if kept else math.nan})
+    return out
+
+
+def score_renders(renders: list, truths: list[ViewTruth], *, evaluator=None, source: SceneParams | None = None,
+                  target: SceneParams | None = None) -> dict:
+    """{"mean": {metric: mean over views}, "views": [per-view scores]} of renders from :func:`render_views`; with
+    an ``evaluator`` (and the edit's ``source`` and ``target`` params) also :func:`judge_views`'s scores."""
     rows = [score_view(rgb, depth, op, t) for (rgb, depth, op), t in zip(renders, truths)]
+    if evaluator is not None:
+        for r, j in zip(rows, judge_views(evaluator, [rgb for rgb, _, _ in renders], source, target)):
+            r.update(j)
     return {"mean": {k: _nanmean([r[k] for r in rows]) for k in rows[0]}, "views": rows}
 
 
