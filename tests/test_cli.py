@@ -103,6 +103,7 @@ FLAG_CASES = [
     (["--fpr-lambda", "0.25"], lambda c: c.distill.fpr_lambda == 0.25),
     (["--fpr-mode", "jacobian-free"], lambda c: c.distill.fpr_mode == "jacobian-free"),
     (["--fpr-mode", "adaptive"], lambda c: c.distill.fpr_mode == "adaptive"),
+    (["--fpr-attention-backward", "fp32"], lambda c: c.distill.fpr_attention_backward == "fp32"),
     (["--with-cut"], lambda c: c.distill.with_cut is True),
     (["--cut-weight", "1.5"], lambda c: c.distill.cut_weight == 1.5),
     (["--negative-prompt", "blurry"], lambda c: c.distill.negative_prompt == "blurry"),

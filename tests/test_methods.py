@@ -193,7 +193,9 @@ def test_cds_adds_a_differentiable_contrastive_term(tiny_prior, conds):
     z_trg = rnd(2).requires_grad_(True)
     out = run(tiny_prior, "cds", z_src, z_trg, rnd(1), *conds)
     dds = run(tiny_prior, "dds", z_src, z_trg, rnd(1), *conds)
-    assert torch.equal(out.grad, dds.grad)
+    # CDS runs the conditional target sample in its own (grad) call, not in DDS's batch of 4: equal up to batching
+    # rounding (tests/test_cds_split.py: 2e-5 x CFG-amplified, identical in float64)
+    assert float((out.grad - dds.grad).norm() / dds.grad.norm()) < 1e-4
     (g,) = torch.autograd.grad(out.aux_loss, z_trg)
     assert out.aux_loss > 0 and g.abs().sum() > 0
 
@@ -211,4 +213,6 @@ def test_ids_with_cut_adds_the_cut_term(tiny_prior, conds):
     z_trg = rnd(2).requires_grad_(True)
     plain = run(tiny_prior, "ids", rnd(0), z_trg, rnd(1), *conds)
     cut = run(tiny_prior, "ids", rnd(0), z_trg, rnd(1), *conds, DistillConfig(with_cut=True))
-    assert torch.allclose(plain.grad, cut.grad, atol=1e-6) and plain.aux_loss is None and cut.aux_loss > 0
+    # with_cut runs the conditional target sample in its own (grad) call: equal up to batching rounding
+    assert float((plain.grad - cut.grad).norm() / plain.grad.norm()) < 1e-4
+    assert plain.aux_loss is None and cut.aux_loss > 0

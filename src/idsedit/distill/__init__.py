@@ -35,6 +35,8 @@ class DistillConfig:
     fpr_lambda: float = 1.0         # lambda: z_t <- z_t - lambda * dL/dz_t, L = ||z_src - z0_hat||_2 (not squared)
     fpr_mode: str = "exact"         # exact (grad through the UNet) | jacobian-free (forward only) | adaptive
     fpr_tol: float = 0.01           # adaptive: stop when the residual improves by less than this fraction
+    fpr_attention_backward: str = "bf16"  # exact/adaptive FPR: UNet attention backward in bf16 (forward exact fp32;
+                                    # CPU fp32 UNets, else no effect; idsedit.attention) | fp32
     with_cut: bool = False          # IDS + CDS's PatchNCE term (the official `with_cut`)
     # CDS (contrastive denoising score)
     cut_weight: float = 3.0         # weight of the PatchNCE loss (per 9 layers, see cut_layer_norm)
@@ -51,6 +53,8 @@ class DistillConfig:
 
         if self.fpr_mode not in FPR_MODES:
             raise IdseditError(f"unknown FPR mode {self.fpr_mode!r}: use one of {', '.join(FPR_MODES)}")
+        if self.fpr_attention_backward not in ("bf16", "fp32"):
+            raise IdseditError(f"unknown FPR attention backward {self.fpr_attention_backward!r}: use bf16 or fp32")
         if self.fpr_iters < 0:
             raise IdseditError(f"--fpr-iters must be >= 0, got {self.fpr_iters}")
         if not self.guidance > 0:

@@ -3,9 +3,17 @@
     grad     = eps^w(z_t_trg, y_trg) - eps^w(z_t_src, y_src)                          (DDS term)
     aux_loss = w_cut * (9 / n_layers) * sum_layers sum_patch_sizes mean_i PatchNCE(f_src[i], f_trg[i])   (CUT term)
 
-f are the outputs of the self-attention (``attn1``) of every UNet up block, for the conditional branch:
-f_src from the batched DDS call (no grad), f_trg from a second forward of z_t_trg = sqrt(ab) z_trg + sqrt(1-ab) eps
-WITH grad to z_trg. They are captured with forward hooks (no patched attention processor, the UNet is untouched).
+f are the outputs of the self-attention (``attn1``) of every UNet up block, for the conditional branch, captured
+with forward hooks (no patched attention processor, the UNet is untouched). Two UNet calls per step, 4 samples:
+
+    call 1, no grad:          [uncond z_t_src, uncond z_t_trg, cond_src z_t_src]   -> eps_u_src, eps_u_trg, eps_c_src, f_src
+    call 2, grad to z_trg:    [cond_trg z_t_trg],  z_t_trg = sqrt(ab) z_trg + sqrt(1-ab) eps  -> eps_c_trg (detached), f_trg
+
+so the conditional target branch runs once, with grad, and serves both terms (1,200 instead of 1,400 UNet
+forward-equivalents per 200-step edit). The same loss and gradient as the official batch-4 CFG call plus a
+separate batch-1 feature pass (:func:`cds_two_calls`, kept as the reference for the equivalence tests and the
+benchmark) up to float rounding: the only difference is which batch a sample's forward runs in
+(tests/test_cds_split.py).
 Features are average-pooled by each patch size, L2-normalised over channels, and ``n_patches`` random locations
 (shared by source and target) enter
 
@@ -33,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import diffusion as D
+from ..prior import Cond
 from . import DistillOutput, register
 
 
@@ -124,8 +133,55 @@ def cond_rows(features: Tensor, n_branches: int, branch: int, batch: int, guidan
     return features[start:start + batch]
 
 
+def unconditional(cond: Cond) -> Cond:
+    """``cond`` with its negative (unconditional) row in both rows: ``prior.eps(..., guidance=1)`` on it gives the
+    unconditional prediction, so one call can mix unconditional and conditional rows in any order."""
+    pick = [0, 0]
+    return Cond(cond.prompt, cond.negative, cond.embeds[pick], None if cond.pooled is None else cond.pooled[pick])
+
+
+def guided_pair_target_once(prior, z_t_src, z_trg, noise, t, cond_src, cond_trg, guidance, layers):
+    """DDS difference and CUT features with the conditional target branch run ONCE, with grad (see the docstring).
+
+    Returns (grad, refs, feats): grad = eps^w(z_t_trg, y_trg) - eps^w(z_t_src, y_src) detached; refs the source's
+    conditional up-block self-attention features (detached); feats the target's, differentiable in z_trg, where
+    z_t_trg = add_noise(z_trg, noise). Guidance 1 needs no unconditional rows: call 1 is [cond_src z_t_src] only.
+    """
+    ab = prior.alpha_bar(t, z_trg.ndim)
+    b = z_t_src.shape[0]
+    guided = guidance != 1.0
+    if guided:
+        z_t_trg_fixed = D.add_noise(z_trg.detach(), noise, ab)
+        inputs, conds = [z_t_src, z_t_trg_fixed, z_t_src], [unconditional(cond_src), unconditional(cond_trg), cond_src]
+    else:
+        inputs, conds = [z_t_src], [cond_src]
+    with torch.no_grad(), capture_outputs(prior.unet, layers) as feats:
+        fixed = prior.eps(inputs, t, conds, guidance=1.0)                  # raw eps per row, one call
+    refs = {n: f[-b:].detach() for n, f in feats.items()}                 # the last rows: cond_src on z_t_src
+    with torch.enable_grad(), capture_outputs(prior.unet, layers) as feats_trg:
+        z_t_trg = D.add_noise(z_trg, noise, ab)
+        (eps_c_trg,) = prior.eps([z_t_trg], t, [cond_trg], guidance=1.0)
+    eps_c_trg = eps_c_trg.detach()
+    if guided:
+        eps_u_src, eps_u_trg, eps_c_src = fixed
+        grad = D.cfg(eps_u_trg, eps_c_trg, guidance) - D.cfg(eps_u_src, eps_c_src, guidance)
+    else:
+        grad = eps_c_trg - fixed[0]
+    return grad.detach(), refs, dict(feats_trg)
+
+
+def cut_term(refs, feats, layers, hw, cfg, sampler) -> Tensor:
+    """w_cut * (9 / n_layers) * sum_layers cut_loss(refs, feats): the aux loss of CDS and IDS+CUT."""
+    with torch.enable_grad():
+        loss = sum(cut_loss(refs[n], feats[n], token_grid(feats[n].shape[1], hw), cfg, sampler) for n in layers)
+    return cfg.cut_weight * cut_layer_scale(len(layers), cfg.cut_layer_norm) * loss
+
+
+# The two-call reference path (the official structure: a batch-4 CFG call without grad, then a separate batch-1
+# feature pass of z_t_trg with grad). Not used by the methods; kept so tests/test_cds_split.py and
+# bench/prototypes.py can compare the default against it.
 def guided_pair_with_features(prior, z_t_src, z_t_trg, t, cond_src, cond_trg, guidance, layers):
-    """DDS difference from one batched call, plus the source's conditional self-attention features."""
+    """Reference path: DDS difference from one batched call, plus the source's conditional self-attention features."""
     with torch.no_grad(), capture_outputs(prior.unet, layers) as feats:
         eps_src, eps_trg = prior.eps([z_t_src, z_t_trg], t, [cond_src, cond_trg], guidance)
     b = z_t_src.shape[0]
@@ -134,22 +190,32 @@ def guided_pair_with_features(prior, z_t_src, z_t_trg, t, cond_src, cond_trg, gu
 
 
 def contrastive_loss(prior, z_trg, noise, t, cond_trg, refs, layers, cfg, sampler) -> Tensor:
-    """w_cut * CUT loss between the source features ``refs`` and those of z_t_trg(z_trg), differentiable in z_trg."""
+    """Reference path: w_cut * CUT loss between ``refs`` and the features of a separate forward of z_t_trg(z_trg)."""
     ab = prior.alpha_bar(t, z_trg.ndim)
     with torch.enable_grad():
         z_t_trg = D.add_noise(z_trg, noise, ab)
         with capture_outputs(prior.unet, layers) as feats:
             prior.eps([z_t_trg], t, [cond_trg], guidance=1.0)           # conditional branch only
-        hw = tuple(z_trg.shape[-2:])
-        loss = sum(cut_loss(refs[n], feats[n], token_grid(feats[n].shape[1], hw), cfg, sampler) for n in layers)
-    return cfg.cut_weight * cut_layer_scale(len(layers), cfg.cut_layer_norm) * loss
+        return cut_term(refs, feats, layers, tuple(z_trg.shape[-2:]), cfg, sampler)
+
+
+def cds_two_calls(prior, z_src, z_trg, t, noise, cond_src, cond_trg, cfg, sampler) -> DistillOutput:
+    """Reference CDS (batch 4 + batch 1, 5 samples per step): what :func:`cds` computed before the target branch
+    was run once; the same loss and gradient to float rounding."""
+    ab = prior.alpha_bar(t, z_trg.ndim)
+    layers = self_attention_layers(prior.unet)
+    z_t_src, z_t_trg = D.add_noise(z_src, noise, ab), D.add_noise(z_trg.detach(), noise, ab)
+    grad, refs = guided_pair_with_features(prior, z_t_src, z_t_trg, t, cond_src, cond_trg, cfg.guidance, layers)
+    aux = contrastive_loss(prior, z_trg, noise, t, cond_trg, refs, layers, cfg, sampler)
+    return DistillOutput(grad=grad, aux_loss=aux, info={"cut_loss": float(aux.detach())})
 
 
 @register("cds", "contrastive denoising score: DDS + PatchNCE on up-block self-attention")
 def cds(prior, z_src, z_trg, t, noise, cond_src, cond_trg, cfg, sampler) -> DistillOutput:
     ab = prior.alpha_bar(t, z_trg.ndim)
     layers = self_attention_layers(prior.unet)
-    z_t_src, z_t_trg = D.add_noise(z_src, noise, ab), D.add_noise(z_trg.detach(), noise, ab)
-    grad, refs = guided_pair_with_features(prior, z_t_src, z_t_trg, t, cond_src, cond_trg, cfg.guidance, layers)
-    aux = contrastive_loss(prior, z_trg, noise, t, cond_trg, refs, layers, cfg, sampler)
+    z_t_src = D.add_noise(z_src, noise, ab)
+    grad, refs, feats = guided_pair_target_once(prior, z_t_src, z_trg, noise, t, cond_src, cond_trg, cfg.guidance,
+                                                layers)
+    aux = cut_term(refs, feats, layers, tuple(z_trg.shape[-2:]), cfg, sampler)
     return DistillOutput(grad=grad, aux_loss=aux, info={"cut_loss": float(aux.detach())})

@@ -92,19 +92,19 @@ def edit_config(method: str, settings: Settings):
 def forward_equivalents_per_step(method: str, distill) -> int:
     """UNet forward-equivalents of one step (a sample through the UNet = 1, its backward = 2), with CFG:
 
-        sds 2;  dds, pds 4;  cds 4 + 1 + 2 = 7 (the target's feature pass with its backward);
-        ids 4 + N (2 + 2 x 2) exact / 4 + 2 N Jacobian-free (adaptive: at most the exact count); +3 with_cut.
+        sds 2;  dds, pds 4;  cds 4 + 2 = 6 (the conditional target sample runs once, with its backward);
+        ids 4 + N (2 + 2 x 2) exact / 4 + 2 N Jacobian-free (adaptive: at most the exact count); +2 with_cut.
     Exact IDS at N = 3 is 22 per step, 4,400 per 200-step edit (the counts idsedit eval measures)."""
     if method == "sds":
         return 2
     if method in ("dds", "pds"):
         return 4
     if method == "cds":
-        return 7
+        return 6
     if method == "ids":
         n = int(distill.fpr_iters)
         fe = 4 + (2 * n if distill.fpr_mode == "jacobian-free" else 6 * n)
-        return fe + (3 if distill.with_cut else 0)
+        return fe + (2 if distill.with_cut else 0)
     return 4
 
 
