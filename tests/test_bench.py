@@ -28,10 +28,10 @@ EXPECTED_CALLS = {
     "dds": (1, 4, 0),            # one call: [uncond src, uncond trg, cond src, cond trg]
     "sds": (1, 2, 0),            # [uncond trg, cond trg]
     "pds": (1, 4, 0),            # as DDS
-    "cds": (2, 5, 1),            # DDS call (4) + conditional target branch with grad (1), PatchNCE backward
+    "cds": (2, 4, 1),            # [uncond src, uncond trg, cond src] (3) + conditional target with grad (1), PatchNCE bwd
     "ids": (4, 10, 3),           # N=3 FPR calls of 2 (fwd + bwd each) + the final DDS call of 4
     "ids-jf": (4, 10, 0),        # the same forwards, no UNet backward
-    "ids+cut": (5, 11, 4),       # IDS + the CUT branch (1 sample, one backward)
+    "ids+cut": (5, 10, 4),       # IDS with CDS's two calls (3 + 1 with grad) instead of the DDS call, one more backward
 }
 
 

@@ -46,7 +46,7 @@ def test_unet_calls_per_step(tiny_prior):
     assert counts[("dds", "exact")] == (1, 4, 0)
     assert counts[("ids", "exact")] == (4, 3 * 2 + 4, 3)
     assert counts[("ids", "jacobian-free")] == (4, 10, 0)
-    assert counts[("cds", "exact")] == (2, 5, 1)
+    assert counts[("cds", "exact")] == (2, 4, 1)   # batch 3 without grad + the conditional target with grad
 
 
 def test_non_square_image_comes_back_at_input_size(tiny_prior):

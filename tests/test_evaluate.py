@@ -118,7 +118,7 @@ def test_authors_timestep_grid():
 
 
 def test_unet_forward_equivalents(tiny_prior):
-    """FE = samples + 2 x backward samples, per step: DDS 4, CDS 5 + 2 x 1, IDS exact 10 + 2 x 6, IDS-JF 10."""
+    """FE = samples + 2 x backward samples, per step: DDS 4, CDS 4 + 2 x 1, IDS exact 10 + 2 x 6, IDS-JF 10."""
     from idsedit.edit2d import image_to_tensor, edit_latents
     from idsedit.evaluate.cases import make_case, render_image
     from idsedit.evaluate.runner import PairedSampler, count_unet
@@ -127,7 +127,7 @@ def test_unet_forward_equivalents(tiny_prior):
     case = make_case("colour", 0, 0)
     z = tiny_prior.encode(image_to_tensor(render_image(case.source_params, tiny_prior.resolution)))
     cs, ct = tiny_prior.encode_text(case.source_prompt), tiny_prior.encode_text(case.target_prompt)
-    expected = {"sds": (2, 0), "dds": (4, 0), "cds": (5, 1), "ids": (10, 6), "ids-jf": (10, 0), "ids+cut": (11, 7)}
+    expected = {"sds": (2, 0), "dds": (4, 0), "cds": (4, 1), "ids": (10, 6), "ids-jf": (10, 0), "ids+cut": (10, 7)}
     for v, (samples, back) in expected.items():
         with tiny_prior.counting() as calls, count_unet(tiny_prior.unet) as cost:
             edit_latents(tiny_prior, z, cs, ct, variant_config(v, steps=2), sampler=PairedSampler(0))
