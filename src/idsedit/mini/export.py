@@ -62,7 +62,7 @@ def training_record(state: Path) -> dict:
 README = """# idsedit mini-sd: the bundled shapes-world prior
 
 A small text-to-image latent diffusion model in diffusers' StableDiffusionPipeline format, trained
-from scratch by `python -m idsedit.mini.train` on idsedit's synthetic shapes world (64x64 renders,
+from scratch by `python -m idsedit.mini.train` on idsedit's synthetic shapes world (64x64 renders{views},
 captions such as "a red cube" or "a small red cube on a blue floor"). It exists so that idsedit
 runs offline out of the box; it knows nothing outside the shapes world.
 
@@ -110,7 +110,11 @@ def export_pipeline(state: Path, out: Path, quality: dict | None = None, fp16: b
     shutil.copytree(state / "tokenizer", tmp / "tokenizer")
     (tmp / "training.json").write_text(json.dumps(record, indent=2))
     hw = record["hardware"] or {}
+    recipe = record.get("recipe") or {}
+    views = (f" seen from cameras all around the scene, {recipe.get('default_share', 0.25):.0%} of them from the "
+             "default view" if recipe.get("world") == "multiview" else " from one default camera")
     (tmp / "README.md").write_text(README.format(
+        views=views,
         sf=pipe.vae.config.scaling_factor, vae_steps=record["vae"]["step"], vae_min=record["vae"]["minutes"] or 0,
         dec=(f" + decoder-only fine-tune {record['vae_decoder_finetune']['step']} steps, "
              f"{record['vae_decoder_finetune']['minutes']:.1f} min" if record["vae_decoder_finetune"] else ""),
