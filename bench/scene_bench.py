@@ -99,7 +99,7 @@ def _code_version() -> str:
 def _fit_config(args):
     from idsedit.scene.fit import FitConfig
 
-    kw = {"holdout_every": args.holdout_every}
+    kw = {"holdout_every": args.holdout_every, "depth_weight": args.fit_depth}
     if args.fit_steps:
         kw["steps"] = args.fit_steps
     if args.fit_voxels:
@@ -591,6 +591,9 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout-every", type=int, default=7)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--fit-steps", type=int, default=0, help="fit steps (0: FitConfig's default, 400)")
+    ap.add_argument("--fit-depth", type=float, default=0.05, help="depth supervision weight of the source fits "
+                    "(FitConfig.depth_weight; the world's depth maps): without it, uniform floors fit as fog near the "
+                    "cameras on some scenes (docs/scene.md); 0 = images only")
     ap.add_argument("--fit-voxels", type=int, default=0, help="final grid cells per side (0: FitConfig's default)")
     ap.add_argument("--fit-set", nargs="*", default=[], metavar="FIELD=VALUE", help="other FitConfig fields")
     ap.add_argument("--edit-steps", type=int, default=150)

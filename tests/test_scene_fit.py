@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import signal
@@ -78,6 +79,39 @@ def test_learned_background_starts_at_the_training_images_mean_colour(dataset):
     f = build_field(FitConfig(**{**TINY, "background": "white"}), views, torch.Generator().manual_seed(0))
     init_background(f, views, "mean")
     assert f.env is None and torch.equal(f.background(dirs), torch.ones(64, 3))
+
+
+def test_depth_loss_hand_computed():
+    """Ray 1 (truth at 1.5): 0.5 |1 - 1.5| + 0.3 |2 - 1.5| + (1 - 0.8) = 0.6; ray 2 (background): its opacity 0.3."""
+    from idsedit.scene.fit import depth_loss
+
+    w = torch.tensor([[0.5, 0.3, 0.0], [0.1, 0.2, 0.0]])
+    t = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]])
+    loss = depth_loss(w, t, w.sum(1), torch.tensor([1.5, math.inf]))
+    assert float(loss) == pytest.approx((0.6 + 0.3) / 2)
+
+
+def test_depth_supervised_fit_needs_depth_maps(dataset, tmp_path):
+    """With --depth-weight the training frames' depth maps are read; a frame without one is a one-line error."""
+    from idsedit.errors import IdseditError
+    from idsedit.scene.data import load_views
+    from idsedit.scene.fit import load_depths
+
+    views = load_views(dataset, "train", holdout_every=4)
+    d = load_depths(views)
+    assert d.shape == (len(views), 16, 16)
+    assert torch.equal(d[0], torch.from_numpy(np.load(dataset / views.frames[0]["depth_path"])))
+    meta = json.loads((dataset / "transforms.json").read_text())
+    for fr in meta["frames"]:
+        fr.pop("depth_path")
+    bad = tmp_path / "nodepth"
+    bad.mkdir()
+    for sub in ("images",):
+        (bad / sub).symlink_to(dataset / sub)
+    (bad / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(IdseditError, match="no depth map"):
+        fit_scene(bad, tmp_path / "out", FitConfig(steps=1, depth_weight=0.1, **TINY), progress=False)
+    assert not (tmp_path / "out" / "scene.json").exists()
 
 
 def test_resumed_fit_equals_uninterrupted(dataset, tmp_path):

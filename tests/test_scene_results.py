@@ -118,7 +118,8 @@ def test_bench_fit_config_defaults_to_the_fit_defaults():
     from idsedit.scene.fit import FitConfig
 
     bench = _bench()
-    ns = argparse.Namespace(fit_steps=0, holdout_every=7, fit_voxels=0, fit_set=["lr_grid=0.05"])
+    ns = bench.main.__globals__["argparse"].Namespace(fit_steps=0, holdout_every=7, fit_voxels=0, fit_depth=0.05,
+                                                      fit_set=["lr_grid=0.05"])
     cfg = bench._fit_config(ns)
     assert cfg.steps == FitConfig().steps == 400 and cfg.holdout_every == 7 and cfg.lr_grid == 0.05
-    assert cfg.env_init == "mean"
+    assert cfg.env_init == "mean" and cfg.depth_weight == 0.05

@@ -110,6 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"then rebuild it every k steps (default {fd.occupancy_every})")
     f.add_argument("--env-start", type=_nonneg_int, default=fd.env_start,
                    help=f"the learned background starts learning at this step (default {fd.env_start})")
+    f.add_argument("--depth-weight", type=float, default=fd.depth_weight,
+                   help="supervise with the dataset's depth maps (frames' depth_path) at this weight (default off)")
     f.add_argument("--env-init", choices=("mean", "gray"), default=fd.env_init,
                    help="the learned background's start: the training images' mean colour, or 0.5 gray "
                         f"(default {fd.env_init})")
@@ -210,7 +212,7 @@ def _fit(args) -> int:
                     checkpoint_every=args.checkpoint_every, lr_grid=args.lr, upsample_at=args.upsample_at,
                     occupancy_start=args.occupancy_start, tv_density=args.tv_density, tv_app=args.tv_app,
                     l1_density=args.l1_density, occupancy_every=args.occupancy_every, env_start=args.env_start,
-                    env_init=args.env_init, opacity_entropy=args.opacity_entropy, eval_every=args.eval_every)
+                    env_init=args.env_init, depth_weight=args.depth_weight, opacity_entropy=args.opacity_entropy, eval_every=args.eval_every)
     with stop_on_signals() as stop:
         res = fit_scene(args.data, args.out, cfg, should_stop=stop.is_set, progress=not args.quiet, log=_print)
     if res.cancelled:

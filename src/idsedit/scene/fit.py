@@ -68,6 +68,8 @@ class FitConfig:
     tv_app: float = 0.001           # weight of the appearance grids' total variation
     opacity_entropy: float = 0.0    # weight of the rays' binary opacity entropy (each ray sees a surface or not)
     distortion: float = 0.0         # weight of mip-NeRF 360's distortion loss (world units): compact surfaces
+    depth_weight: float = 0.0       # > 0: supervise with the dataset's depth maps (frames' depth_path, distance
+                                    # along the ray, inf = background): see depth_loss
     n_voxels_init: int = 48 ** 3    # grid cells at the start (coarse to fine)
     upsample_at: tuple = (50, 150, 250)    # steps at which the grids are upsampled towards n_voxels
     occupancy_start: int = 50       # first occupancy-grid rebuild (all cells are occupied before)
@@ -199,6 +201,39 @@ def opacity_entropy(opacity: Tensor, eps: float = 1e-6) -> Tensor:
     return -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
 
 
+def depth_loss(weights: Tensor, t: Tensor, opacity: Tensor, gt: Tensor) -> Tensor:
+    """Depth supervision of a ray batch (padded samples weights w, distances t (R, K); opacity (R,); ground-truth
+    distance along the ray gt (R,), +inf where the ray sees the background), mean over rays of
+
+        finite gt:  sum_i w_i |t_i - gt| + (1 - opacity)     (the ray ends at gt, and does end)
+        inf gt:     opacity                                   (the ray sees the background)
+
+    (world units + opacity). The first term is the expected distance of the ray's end from the truth, so density
+    away from the true surface (a floor painted as fog near the cameras) is penalised even when the colour fits."""
+    fin = torch.isfinite(gt)
+    g = torch.where(fin, gt, torch.zeros_like(gt))
+    on = (weights * (t - g[:, None]).abs()).sum(1) + (1 - opacity)
+    return torch.where(fin, on, opacity).mean()
+
+
+def load_depths(views: Views) -> Tensor:
+    """The training views' depth maps (N, H, W) from their frames' ``depth_path`` (.npy, H x W, distance along the
+    ray, inf = no surface); an error naming the frame when one is missing or has another size."""
+    out = []
+    for i, fr in enumerate(views.frames):
+        dp = fr.get("depth_path")
+        path = views.source.parent / dp if dp else None
+        if path is None or not path.is_file():
+            raise IdseditError(f"{views.source}: frame {views.names[i]} has no depth map (depth_path) for "
+                               "depth supervision: fit without --depth-weight")
+        d = np.load(path)
+        if tuple(d.shape) != tuple(views.hw):
+            raise IdseditError(f"{path}: depth map is {d.shape}, the frame is {tuple(views.hw)}: fit at the data's "
+                               "resolution (no --size) to use depth supervision")
+        out.append(torch.from_numpy(np.asarray(d, np.float32)))
+    return torch.stack(out)
+
+
 def rebuild_occupancy(f: TensoRF, step: float, gen: torch.Generator, alpha: float = 1e-3) -> float:
     """Rebuild the occupancy grid, evaluating only the cells within one cell of an occupied one (all cells on
     the first build); if the field is still empty everywhere (nothing would stay occupied), keep the old grid so
@@ -321,6 +356,7 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
     final_step = FieldConfig(aabb=f.config.aabb, resolution=stages[-1]).voxel_size * cfg.step_ratio
     o_all, d_all = all_rays(train)
     rgb_all = train.images.reshape(-1, 3)
+    depth_all = load_depths(train).reshape(-1) if cfg.depth_weight > 0 else None
     n_rays = o_all.shape[0]
 
     def stopping() -> bool:
@@ -361,6 +397,8 @@ def fit_scene(data, out_dir, config: FitConfig | None = None, *, should_stop: Ca
                 loss = loss + cfg.tv_app * f.tv("app")
             if cfg.distortion > 0 and res.weights is not None:
                 loss = loss + cfg.distortion * distortion_loss(res.weights, res.t, st)
+            if depth_all is not None and res.weights is not None:
+                loss = loss + cfg.depth_weight * depth_loss(res.weights, res.t, res.opacity, depth_all[idx])
             if cfg.opacity_entropy > 0:
                 loss = loss + cfg.opacity_entropy * opacity_entropy(res.opacity)
             opt.zero_grad(set_to_none=True)
