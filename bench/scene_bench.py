@@ -272,9 +272,20 @@ def report(args) -> str:
     lines = [f"Scenes per family: " + ", ".join(f"{fam}: {sorted({r['scene'] for r in rows if r['family'] == fam})}"
                                                  for fam in dict.fromkeys(r["family"] for r in rows)) + "\n"]
     if fits:
+        fits = list({f["scene"]: f for f in fits}.values())       # a refit's row replaces the earlier one
         p = [f["heldout_psnr"] for f in fits]
         lines.append(f"Source fits: {len(fits)} scenes, held-out PSNR {np.mean(p):.2f} dB (min {min(p):.2f}, max "
                      f"{max(p):.2f}), {np.mean([f['cpu_s'] for f in fits]):.0f} CPU s per fit.\n")
+        if all("train_psnr_subset" in f for f in fits):
+            lines.append("| scene | source | steps | held-out PSNR dB (worst view) | train PSNR dB | depth err | "
+                         "surface agreement | CPU s (optimisation / whole fit) | wall s | load avg |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|")
+            for f in sorted(fits, key=lambda f: f["scene"]):
+                lines.append(f"| {f['scene']} | {f['prompt']} | {f['steps']} | {f['heldout_psnr']:.2f} "
+                             f"({min(f['heldout_psnr_views']):.2f}) | {f['train_psnr_subset']:.2f} | "
+                             f"{f['heldout_depth_abs_err']:.3f} | {f['surface_agreement']:.2f} | "
+                             f"{f['fit_cpu_s']:.0f} / {f['cpu_s']:.0f} | {f['wall_s']:.0f} | {f['loadavg'][0]:.1f} |")
+            lines.append("")
     for fam in dict.fromkeys(r["family"] for r in rows):
         labels = _order({lab for (f, lab) in summ if f == fam})
         lines.append(f"**{fam} edits** (mean over scenes [95% bootstrap CI]; {args.edit_steps} steps)\n")
