@@ -18,8 +18,9 @@ Modes (each measured, see the benchmark):
 For a batch, L is the sum of per-sample norms (identical to the official code for one image).
 
 Attention backward (``attention_backward``, default ``"bf16"``): exact and adaptive FPR run the UNet's attention
-BACKWARD in bf16 (the forward stays exact fp32, bit-identical), see :mod:`idsedit.attention`: on CPU it makes an
-exact-IDS step ~1.6x faster at the medium benchmark shape, and ``idsedit eval`` measured no quality change (docs/eval.md).
+BACKWARD in bf16 (the forward stays exact fp32, bit-identical), see :mod:`idsedit.attention`: on CPU it takes ~24-32 %
+of the CPU time off an exact-IDS step at the medium benchmark shape (docs/benchmarks.md), and ``idsedit eval``
+measured no quality change (docs/eval.md).
 ``"fp32"`` (``--fpr-attention-backward fp32``) is the plain fp32 backward; the parity tests against the official
 code's tensors use it. Where bf16 backward does not apply (GPU, fp16/bf16 models, other attention processors)
 it falls back to the unchanged backward; ``FPRResult.bf16_backward`` says which ran.
