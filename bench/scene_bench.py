@@ -43,6 +43,7 @@ COLUMNS = (("edit_success", "edit success", "pct"), ("view_edited", "views edite
            ("psnr_to_target", "PSNR to truth dB", "db"), ("ssim_to_target", "SSIM to truth", "ssim"),
            ("psnr_outside", "PSNR outside dB", "db"), ("depth_abs_err", "depth err", "depth"),
            ("depth_err_outside", "depth err outside", "depth"))
+JUDGE = 2       # version of the per-view evaluator scoring (2: the backdrop is judged only where a view shows it)
 EVAL_COLUMNS = (("eval_reached", "evaluator: edited", "pct"), ("eval_kept", "evaluator: kept", "pct"))
 
 
@@ -139,7 +140,7 @@ def run(args) -> None:
         judge = load_evaluator(args.evaluator)
     # a row counts as done unless the run now judges with an evaluator and the row was not judged by it
     done = {(r["scene"], r["family"], r["label"], r.get("steps")) for r in old_rows
-            if not args.evaluator or r.get("evaluator") == str(args.evaluator)}
+            if not args.evaluator or (r.get("evaluator") == str(args.evaluator) and r.get("judge") == JUDGE)}
     fams = _list(args.families)
     cases = scene_cases(args.scenes, args.case_seed, fams)
     cams = eval_cameras(_floats(args.eval_elevations), _floats(args.eval_azimuths))
@@ -155,6 +156,8 @@ def run(args) -> None:
         if not (data / "transforms.json").is_file():
             write_multiview(case.params, data, n_views=args.views, size=args.size)
         scene_dir = out / f"scene-{case.index}"
+        if args.score_only and not is_scene(scene_dir):
+            continue
         if not is_scene(scene_dir):
             t0, c0 = time.perf_counter(), time.process_time()
             res = fit_scene(data, scene_dir, _fit_config(args), progress=sys.stderr.isatty())
@@ -195,25 +198,30 @@ def run(args) -> None:
                     sc = score_renders(src_renders, truths, evaluator=judge, source=case.params, target=target)
                     row = {**base, "steps": 0}
                 else:
-                    if args.deadline and time.time() > args.deadline:
+                    edited = out / f"edit-{case.index}-{fam}-{m}-{args.edit_steps}"
+                    if args.score_only and (not is_scene(edited) or (edited / "checkpoint.pt").is_file()):
+                        continue
+                    if args.deadline and time.time() > args.deadline and not args.score_only:
                         print("deadline reached: stopping before the next edit (rerun to continue)", flush=True)
                         return
-                    if prior is None:
-                        from idsedit.prior import load_prior
-
-                        prior = load_prior(args.model)
                     v = variant_config(m)
                     cfg = SceneEditConfig(method=v.method, steps=args.edit_steps, distill=v.distill,
                                           seed=args.edit_seed, checkpoint_every=args.checkpoint_every,
                                           lr=args.edit_lr, lr_basis=1e-3, views_per_step=1, grow_cells=1)
-                    edited = out / f"edit-{case.index}-{fam}-{m}-{args.edit_steps}"
                     t0, c0 = time.perf_counter(), time.process_time()
                     if not is_scene(edited) or (edited / "checkpoint.pt").is_file():
+                        if prior is None:
+                            from idsedit.prior import load_prior
+
+                            prior = load_prior(args.model)
                         r = edit_scene(prior, scene_dir, p_src, p_trg, edited, cfg, progress=sys.stderr.isatty())
                         rep = r.report
-                    else:
+                        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    else:                   # a finished edit, scored again: its times are the earlier row's
                         rep = json.loads((edited / "report.json").read_text())
-                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                        prev = [r for r in old_rows if (r["scene"], r["family"], r["label"], r.get("steps"))
+                                == (case.index, fam, m, args.edit_steps) and "cpu_s" in r]
+                        wall, cpu = (prev[-1]["wall_s"], prev[-1]["cpu_s"]) if prev else (math.nan, math.nan)
                     sc = score_renders(render_views(load_scene(edited), c2w, intr, hw), truths, evaluator=judge,
                                        source=case.params, target=target)
                     row = {**base, "steps": args.edit_steps, "method": v.method, "edit_seed": args.edit_seed,
@@ -224,6 +232,7 @@ def run(args) -> None:
                            "edit_resolution": rep.get("edit_resolution")}
                 row.update(sc["mean"])
                 row["evaluator"] = str(args.evaluator) if args.evaluator else None
+                row["judge"] = JUDGE if args.evaluator else None
                 row["model"] = str(args.model) if args.model else None
                 row["views"] = [{**ci, **v} for ci, v in zip(cam_info, sc["views"])]
                 _append_jsonl(rows_path, row)
@@ -625,6 +634,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/scene-results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--score-only", action="store_true", help="(re)score finished fits and edits only: no new fit "
+                    "or edit starts (e.g. after a change of --evaluator or of the scoring)")
     ap.add_argument("--doc", default=None, help="also write the markdown tables to this file")
     ap.add_argument("--table-methods", default="", help="report only these methods, on the scenes all of them ran")
     ap.add_argument("--figures", default=None, help="folder for the figures (from the cached edits)")

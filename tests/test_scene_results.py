@@ -125,3 +125,20 @@ def test_bench_fit_config_defaults_to_the_fit_defaults():
     assert cfg.env_init == "gray" and cfg.depth_weight == 0.05        # depth-supervised sources start gray
     ns.fit_depth = 0.0
     assert bench._fit_config(ns).env_init == "mean" == FitConfig().env_init
+
+
+def test_judge_views_skips_the_backdrop_where_no_view_shows_it():
+    """From elevation 45 the backdrop is out of the frame (the truth's depth is finite everywhere): score_renders
+    leaves it unjudged there, so an exact render keeps everything it can be judged on."""
+    from idsedit.mini.evaluator import load_evaluator
+    from idsedit.scene.evaluate import eval_cameras, score_renders, truths_for_cameras
+
+    case = scene_cases(1)[0]
+    target = case.edits["colour"][0]
+    truths = truths_for_cameras(case.params, target, eval_cameras((20.0, 45.0), (0.0,)), 64)
+    assert np.isinf(truths[0].trg_depth).any() and np.isfinite(truths[1].trg_depth).all()
+    renders = [(t.trg_rgb, t.trg_depth, np.isfinite(t.trg_depth).astype(np.float32)) for t in truths]
+    views = score_renders(renders, truths, evaluator=load_evaluator(), source=case.params, target=target)["views"]
+    assert views[0]["eval_background"] == 1.0 and math.isnan(views[1]["eval_background"])
+    assert [v["eval_reached"] for v in views] == [1.0, 1.0] and [v["eval_kept"] for v in views] == [1.0, 1.0]
+    assert views[1]["eval_floor"] == 1.0 and views[1]["eval_shape"] == 1.0

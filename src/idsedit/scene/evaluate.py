@@ -53,12 +53,14 @@ HIGHER_IS_BETTER = {"edit_success": True, "view_edited": True, "psnr_to_target":
 
 @dataclass
 class ViewTruth:
-    """Ground truth of one camera: source and target renders (H, W, 3), masks (H, W), target depth (H, W)."""
+    """Ground truth of one camera: source and target renders (H, W, 3), masks (H, W), target (and source) depth
+    (H, W), +inf where the ray sees the backdrop."""
 
     src_rgb: np.ndarray
     trg_rgb: np.ndarray
     mask: np.ndarray
     trg_depth: np.ndarray
+    src_depth: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------- cameras
@@ -90,7 +92,7 @@ def truths_for_cameras(source: SceneParams, target: SceneParams, cams: list[Came
     """Exact renders of source and target from ``cams`` (the world's own renderer)."""
     a = render_many([source] * len(cams), size, cameras=cams)
     b = render_many([target] * len(cams), size, cameras=cams)
-    return [ViewTruth(a.rgb[k], b.rgb[k], a.mask[k] | b.mask[k], b.depth[k]) for k in range(len(cams))]
+    return [ViewTruth(a.rgb[k], b.rgb[k], a.mask[k] | b.mask[k], b.depth[k], a.depth[k]) for k in range(len(cams))]
 
 
 def ground_truth(source: SceneParams, target: SceneParams, views: Views, n_views_total: int, size: int,
@@ -141,11 +143,15 @@ def render_views(scene: Scene, c2w: torch.Tensor, intr: torch.Tensor, hw) -> lis
 JUDGED = ("color", "shape", "floor", "background")   # the evaluator's class attributes judged per view
 
 
-def judge_views(evaluator, images: list, source: SceneParams, target: SceneParams) -> list[dict]:
+def judge_views(evaluator, images: list, source: SceneParams, target: SceneParams,
+                background_visible: list | None = None) -> list[dict]:
     """The shapes-world evaluator network's verdict on each rendered view (H, W, 3) of an edit source -> target:
     ``eval_reached`` = 1 when every changed class attribute (of colour, shape, floor, background) is predicted as
-    the target's, ``eval_kept`` = the fraction of the unchanged ones predicted as their (kept) value. Position,
-    size and rotation are not judged per view (their reference depends on the camera)."""
+    the target's, ``eval_kept`` = the fraction of the unchanged ones predicted as their (kept) value, and
+    ``eval_<attribute>`` = 1/0 per judged attribute. The background is judged only on the views where
+    ``background_visible`` says the truth shows some of it (from elevation 45 the backdrop is out of the frame, and
+    no evaluator can read its colour); position, size and rotation are not judged per view (their reference
+    depends on the camera). Unjudged values are nan."""
     from ..mini.evaluator import changed_attributes
 
     truth = {"color": target.main.color, "shape": target.main.shape, "floor": target.floor_color,
@@ -155,10 +161,14 @@ def judge_views(evaluator, images: list, source: SceneParams, target: SceneParam
     names = {k: evaluator.names(pred, k) for k in JUDGED}
     out = []
     for i in range(len(images)):
-        ok = {a: names[a][i] == truth[a] for a in JUDGED}
-        kept = [ok[a] for a in JUDGED if a not in changed]
-        out.append({"eval_reached": float(all(ok[a] for a in changed)) if changed else math.nan,
-                    "eval_kept": float(np.mean(kept)) if kept else math.nan})
+        judged = [a for a in JUDGED if a != "background" or background_visible is None or background_visible[i]]
+        ok = {a: names[a][i] == truth[a] for a in judged}
+        reach = [ok[a] for a in changed if a in ok]
+        kept = [ok[a] for a in judged if a not in changed]
+        row = {"eval_reached": float(all(reach)) if reach else math.nan,
+               "eval_kept": float(np.mean(kept)) if kept else math.nan}
+        row.update({f"eval_{a}": float(ok[a]) if a in ok else math.nan for a in JUDGED})
+        out.append(row)
     return out
 
 
@@ -168,7 +178,9 @@ def score_renders(renders: list, truths: list[ViewTruth], *, evaluator=None, sou
     an ``evaluator`` (and the edit's ``source`` and ``target`` params) also :func:`judge_views`'s scores."""
     rows = [score_view(rgb, depth, op, t) for (rgb, depth, op), t in zip(renders, truths)]
     if evaluator is not None:
-        for r, j in zip(rows, judge_views(evaluator, [rgb for rgb, _, _ in renders], source, target)):
+        bg = [bool((~np.isfinite(t.trg_depth)).any() or (~np.isfinite(t.src_depth)).any())
+              if t.src_depth is not None else bool((~np.isfinite(t.trg_depth)).any()) for t in truths]
+        for r, j in zip(rows, judge_views(evaluator, [rgb for rgb, _, _ in renders], source, target, bg)):
             r.update(j)
     return {"mean": {k: _nanmean([r[k] for r in rows]) for k in rows[0]}, "views": rows}
 
