@@ -104,8 +104,9 @@ def _fit_config(args):
     # density from the first step and the depth loss puts it in place before the first pruning (the mean-colour
     # start leaves a floor that matches it without density, so it grows slowly and pruning cuts it: scene 1
     # 27.82 dB held-out with the mean start, 32.74 dB gray, both depth-supervised; docs/scene.md)
-    kw = {"holdout_every": args.holdout_every, "depth_weight": args.fit_depth,
-          "env_init": "gray" if args.fit_depth > 0 else "mean"}
+    kw = {"holdout_every": args.holdout_every, "depth_weight": args.fit_depth}
+    if args.fit_depth > 0:
+        kw["env_init"] = "gray"
     if args.fit_steps:
         kw["steps"] = args.fit_steps
     if args.fit_voxels:
