@@ -2,11 +2,13 @@
 score every edit against the world's exact edited renders from a grid of cameras, and report means with 95%
 bootstrap CIs over scenes, paired differences, and edit quality binned by camera view. A benchmark, not a test.
 
-    # the full run (resumable: rerun the same command to continue); docs/scene-results.md lists what was run
-    .venv/bin/python bench/scene_bench.py --scenes 8 --fit-steps 200 --methods dds,ids,cds,sds,pds \
-        --shape-methods dds,ids,cds --edit-steps 150 --out runs/scene-results
-    .venv/bin/python bench/scene_bench.py --out runs/scene-results --report-only --table-methods dds,ids,cds
-    .venv/bin/python bench/scene_bench.py --out runs/scene-results --figures docs/   # multi-view figure, orbit GIFs
+    # the full run (resumable: rerun the same command to continue; two processes may share --out on disjoint
+    # --scene-list); docs/scene-results.md lists the exact commands of the committed run
+    .venv/bin/python bench/scene_bench.py --scenes 8 --methods dds,ids,cds,sds,pds --shape-methods dds,ids,cds \
+        --edit-steps 150 --model src/idsedit/assets/mini-sd --evaluator src/idsedit/assets/evaluator.safetensors \
+        --out runs/scene-results-v2           # sources: 400-step fits with depth supervision (--fit-depth 0.05)
+    .venv/bin/python bench/scene_bench.py --out runs/scene-results-v2 --report-only --table-methods dds,ids,cds
+    .venv/bin/python bench/scene_bench.py --out runs/scene-results-v2 --figures docs/   # multi-view figures, GIFs
     .venv/bin/python bench/scene_bench.py --diagnose 4 --out runs/scene-results      # 2D gradient quality per view
     .venv/bin/python bench/scene_bench.py --memory dds,ids --out runs/scene-results  # 512x512 medium-shape step
     .venv/bin/python bench/scene_bench.py --memory-child ids --memory-part prior --out runs/scene-results  # halves
