@@ -1,6 +1,6 @@
-"""The first evaluation's API, kept for `idsedit demo`, API users and reproducing docs/first-signal-*:
-colour_edit_cases (its 20 cases), run_cases (edit_image per case and config, flat rows), summarize (plain rates and
-means per method) and format_table. New code uses
+"""The first evaluation's API, kept for `idsedit demo`, API users and reproducing the v1-era first signal
+(docs/first-signal-* in git history up to 4526b4b): colour_edit_cases (its 20 cases), run_cases (edit_image per
+case and config, flat rows), summarize (plain rates and means per method) and format_table. New code uses
 :func:`idsedit.evaluate.run_evaluation` and :func:`idsedit.evaluate.report.summarize` (bootstrap CIs).
 """
 
@@ -15,7 +15,7 @@ from .cases import ShapesEditCase, render_image
 
 
 def colour_edit_cases(n: int, seed: int = 0) -> list[ShapesEditCase]:
-    """The first evaluation's n colour edits (docs/first-signal-*): scenes drawn in sequence from one generator
+    """The first evaluation's n colour edits (that first signal): scenes drawn in sequence from one generator
     seeded ``seed``, each main object recoloured to a different random named colour. New code uses
     :func:`idsedit.evaluate.cases.make_cases` (a seed per case, six families)."""
     from ..shapes import COLORS, caption, sample_scene, with_changes
