@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import gc
 import json
 import os
@@ -150,34 +149,6 @@ def set_attention(unet, kind: str) -> None:
     unet.set_attn_processor(make[kind]())
 
 
-@functools.lru_cache(maxsize=None)
-def _bf16_backward_sdpa():
-    """Flash attention with the exact forward in the inputs' dtype and the BACKWARD kernel in bf16 (an
-    autograd.Function, built once; torch is imported lazily so `idsedit --help` stays fast).
-
-    On CPU at head size 8 (the medium shape) torch's fp32 flash backward is 3.7x its forward; the bf16 backward
-    kernel is 2.7x faster (one thread, (2, 8, 4096, 8): 1.24 s -> 0.45 s). The fp32 logsumexp is reused.
-    """
-    import torch
-
-    class Bf16BackwardSDPA(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v):
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-            ctx.save_for_backward(q, k, v, out, lse)
-            return out
-
-        @staticmethod
-        def backward(ctx, dout):
-            q, k, v, out, lse = ctx.saved_tensors
-            b = torch.bfloat16
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                dout.to(b), q.to(b), k.to(b), v.to(b), out.to(b), lse, 0.0, False)
-            return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-
-    return Bf16BackwardSDPA
-
-
 class Bf16BackwardSDPAProcessor:
     """Prototype attention processor (SD-style attention, CPU): fp32 SDPA forward, bf16 flash backward when a
     gradient is needed (the exact-FPR UNet backward); plain SDPA otherwise."""
@@ -195,7 +166,9 @@ class Bf16BackwardSDPAProcessor:
         h = attn.heads
         q, k, v = (x.view(b, -1, h, x.shape[-1] // h).transpose(1, 2) for x in (q, k, v))   # (B, h, N, d)
         if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-            o = _bf16_backward_sdpa().apply(q, k, v)
+            from .attention import Bf16BackwardSDPA  # the product's kernel (idsedit.attention)
+
+            o = Bf16BackwardSDPA.apply(q, k, v)
         else:
             o = F.scaled_dot_product_attention(q, k, v)
         o = o.transpose(1, 2).reshape(b, -1, o.shape[1] * o.shape[-1])                           # (B, N, C)
