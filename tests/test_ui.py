@@ -376,8 +376,10 @@ def test_browser_bad_file_shows_one_line_and_app_keeps_working(server, driver, f
     _wait(driver, lambda d: _status(d).startswith("error:"), 20, "the upload error")
     assert _status(driver).startswith("error: notes.txt is not an image in a supported format")
     _css(driver, "#run").click()                      # Run anyway: the same one line, no traceback
-    toast = _wait(driver, lambda d: [t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")
-                                     if t.text.strip()], 20, "the error toast")[0]
+    # each toast's text read once: reading it twice (filter, then value) raced with the toast's own updates
+    toast = _wait(driver, lambda d: [x for x in (t.text for t in d.find_elements(By.CSS_SELECTOR,
+                                                                            "[data-testid=toast-text]"))
+                                     if x.strip()], 20, "the error toast")[0]
     assert toast.startswith("notes.txt is not an image in a supported format")
     page = driver.find_element(By.TAG_NAME, "body").text
     assert "notes.txt is not an image" in _status(driver) and "Traceback" not in page
