@@ -49,12 +49,14 @@ class DistillConfig:
     pds_t_stride: int = 2           # t_prev = t - stride (PDS's 500-step DDIM grid over 1000 steps)
 
     def __post_init__(self):
+        from ..attention import ATTENTION_BACKWARDS
         from ..errors import IdseditError
 
         if self.fpr_mode not in FPR_MODES:
             raise IdseditError(f"unknown FPR mode {self.fpr_mode!r}: use one of {', '.join(FPR_MODES)}")
-        if self.fpr_attention_backward not in ("bf16", "fp32"):
-            raise IdseditError(f"unknown FPR attention backward {self.fpr_attention_backward!r}: use bf16 or fp32")
+        if self.fpr_attention_backward not in ATTENTION_BACKWARDS:
+            raise IdseditError(f"unknown FPR attention backward {self.fpr_attention_backward!r}: use "
+                               f"{' or '.join(ATTENTION_BACKWARDS)}")
         if self.fpr_iters < 0:
             raise IdseditError(f"--fpr-iters must be >= 0, got {self.fpr_iters}")
         if not self.guidance > 0:

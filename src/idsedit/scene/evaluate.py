@@ -178,8 +178,8 @@ def score_renders(renders: list, truths: list[ViewTruth], *, evaluator=None, sou
     an ``evaluator`` (and the edit's ``source`` and ``target`` params) also :func:`judge_views`'s scores."""
     rows = [score_view(rgb, depth, op, t) for (rgb, depth, op), t in zip(renders, truths)]
     if evaluator is not None:
-        bg = [bool((~np.isfinite(t.trg_depth)).any() or (~np.isfinite(t.src_depth)).any())
-              if t.src_depth is not None else bool((~np.isfinite(t.trg_depth)).any()) for t in truths]
+        bg = [bool((~np.isfinite(t.trg_depth)).any()
+                   or (t.src_depth is not None and (~np.isfinite(t.src_depth)).any())) for t in truths]
         for r, j in zip(rows, judge_views(evaluator, [rgb for rgb, _, _ in renders], source, target, bg)):
             r.update(j)
     return {"mean": {k: _nanmean([r[k] for r in rows]) for k in rows[0]}, "views": rows}
