@@ -286,7 +286,7 @@ def report(args) -> str:
     fits = _read_jsonl(out / "fits.jsonl")
     summ = summarise(rows)
     cols = (EVAL_COLUMNS if any("eval_reached" in r for r in rows) else ()) + COLUMNS
-    lines = [f"Scenes per family: " + ", ".join(f"{fam}: {sorted({r['scene'] for r in rows if r['family'] == fam})}"
+    lines = ["Scenes per family: " + ", ".join(f"{fam}: {sorted({r['scene'] for r in rows if r['family'] == fam})}"
                                                  for fam in dict.fromkeys(r["family"] for r in rows)) + "\n"]
     if fits:
         fits = list({f["scene"]: f for f in fits}.values())       # a refit's row replaces the earlier one
