@@ -71,8 +71,9 @@ def test_batched_edit_equals_separate_edits(tiny_prior, name):
     moved = max(float((a - c.z_src).abs().max()) for a, c in zip(alone, ctxs))
     assert moved > 1e-3                                    # the edit did something
     for k in range(len(ctxs)):
-        # float32 noise of batched matmuls (exact FPR: ~3e-5 of the movement after 4 steps)
-        torch.testing.assert_close(z[k:k + 1], alone[k], rtol=1e-4, atol=1e-4 * moved)
+        # float32 noise of batched matmuls (exact FPR: ~3e-5 of the movement after 4 steps, one element in 256 at
+        # 1.6e-4 on a fresh set-up of 2026-11-30); a batching error (e.g. the loss scale) is ~0.5 of the movement
+        torch.testing.assert_close(z[k:k + 1], alone[k], rtol=1e-4, atol=5e-4 * moved)
     if run.config.method == "ids":
         for k in range(len(ctxs)):
             for step in range(4):

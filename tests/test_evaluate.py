@@ -206,7 +206,7 @@ def test_resume_after_interruption_gives_the_same_table(tiny_prior, tmp_path):
     assert len((tmp_path / "resumed" / "rows.jsonl").read_text().splitlines()) == 5
     redone, said = [], []
     resumed = _small_eval(tiny_prior, tmp_path / "resumed", on_row=lambda r: redone.append(r["key"]), log=said.append)
-    assert said == [f"resuming: 5 of 12 edits are already in {tmp_path / 'resumed' / 'rows.jsonl'}, skipping them"]
+    assert said == [f"resuming: 5 of 12 edits are already in {tmp_path / 'resumed'}, skipping them"]
     assert len(redone) == 7 and not set(redone) & set(done)           # finished edits are skipped
     assert [r["key"] for r in resumed] == [r["key"] for r in full]
     for a, b in zip(full, resumed):
@@ -223,6 +223,57 @@ def test_resume_after_interruption_gives_the_same_table(tiny_prior, tmp_path):
     with pytest.raises(IdseditError, match="other settings"):      # a different run into the same folder
         run_evaluation(tiny_prior, make_cases(["colour"], 1, seed=1), build_runs(["dds"], EditConfig(steps=3)),
                        tmp_path / "resumed", progress=False)
+
+
+def test_shards_split_the_work_and_merge_into_the_unsharded_table(tiny_prior, tmp_path):
+    """Two shards of the same evaluation edit disjoint blocks into their own rows files; the unsharded run then
+    edits nothing, merges them into rows.jsonl in plan order, and the rows equal a one-process run's."""
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate import build_runs, make_cases, run_evaluation
+    from idsedit.evaluate.runner import parse_shard, read_rows
+
+    cases = make_cases(["colour", "shape"], 2, seed=1)
+    runs = build_runs(["dds", "ids"], EditConfig(steps=2))
+    kw = dict(progress=False, batch=2)
+    full = run_evaluation(tiny_prior, cases, runs, tmp_path / "one", **kw)
+    out = tmp_path / "sharded"
+    a = run_evaluation(tiny_prior, cases, runs, out, shard=parse_shard("1/2"), **kw)
+    b = run_evaluation(tiny_prior, cases, runs, out, shard=parse_shard("2/2"), **kw)
+    assert len(a) == len(b) == 4 and not {r["key"] for r in a} & {r["key"] for r in b}
+    assert {r["case"] for r in a} == {c.name for c in cases[:2]}       # blocks of 2: shard 1 has block 0
+    assert sorted(p.name for p in out.glob("rows*.jsonl")) == ["rows.shard1of2.jsonl", "rows.shard2of2.jsonl"]
+    redone, said = [], []
+    merged = run_evaluation(tiny_prior, cases, runs, out, on_row=redone.append, log=said.append, **kw)
+    assert redone == [] and said[-1] == f"merged 8 rows of the shard files into {out / 'rows.jsonl'}"
+    assert [p.name for p in out.glob("rows*.jsonl")] == ["rows.jsonl"]
+    assert [r["key"] for r in read_rows(out / "rows.jsonl")] == [r["key"] for r in full] == [r["key"] for r in merged]
+    for x, y in zip(full, merged):
+        for k in QUALITY:
+            assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-9), (x["key"], k)
+    for bad in ("2", "0/2", "3/2", "a/b"):
+        with pytest.raises(IdseditError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_ablations_on_a_case_subset_and_without_inversion(tiny_prior, tmp_path):
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate import build_runs, make_cases, run_evaluation
+    from idsedit.evaluate.methods import limit_ablations
+
+    cases = make_cases(["colour", "shape"], 2, seed=1)
+    runs = build_runs(["dds", "ids"], EditConfig(steps=2), {"fpr_iters": [1], "steps": [1]}, ["ids"])
+    runs = limit_ablations(runs, cases, per_family=1, invert_settings=["fpr_iters"])
+    first = {next(c.name for c in cases if c.attribute == a) for a in ("colour", "shape")}
+    r = {x.label: x for x in runs}
+    assert r["dds"].cases is None and r["dds"].invert and r["ids"].cases is None
+    assert r["ids[N=1]"].cases == r["ids[steps=1]"].cases == first
+    assert r["ids[N=1]"].invert and not r["ids[steps=1]"].invert
+    rows = run_evaluation(tiny_prior, cases, runs, tmp_path, progress=False, batch=2)
+    got = {(x["case"], x["label"]): x for x in rows}
+    assert len(rows) == 4 + 4 + 2 + 2
+    assert {c for c, lab in got if lab == "ids[N=1]"} == first
+    assert all(x.get("invert_psnr") is not None for x in rows if x["label"] != "ids[steps=1]")
+    assert all(x.get("invert_psnr") is None for x in rows if x["label"] == "ids[steps=1]")
 
 
 def _eval_args(*argv):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import IdseditError
+from .methods import ABLATION_KEYS
 from .presets import PRESETS
 
 
@@ -62,6 +63,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ablate-methods", default=None, help="runs the ablations vary (default: dds,ids)")
     g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the automatic rule)")
     g.add_argument("--no-invert", action="store_true", help="skip the A -> B -> A edit (halves the time)")
+    g.add_argument("--ablation-n", type=int, default=None,
+                   help="cases per family the ablation runs edit (0: all; standard: 4, full: 10, others: all)")
+    g.add_argument("--invert-ablations", default=None,
+                   help="ablated settings whose runs also get A -> B -> A: 'all', 'none' or a list such as "
+                        "fpr_iters,fpr_lambda (standard and full: fpr_iters; others: all)")
+    g.add_argument("--shard", default=None, metavar="I/K",
+                   help="run only this process's share (I of K, e.g. 1/2) of the edits into --out, next to the "
+                        "other K - 1 processes started with the same flags; once all are done, run the same "
+                        "command without --shard to merge the rows and write the report")
     g.add_argument("--batch", type=int, default=None,
                    help="cases that share each UNet call (SDS, DDS, PDS, IDS exact/JF; each case keeps its own t, "
                         "noise and step); 1: one case at a time (default: the preset's, 8; quick 3)")
@@ -115,6 +125,9 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "residual_ts": list(pre.residual_ts), "n_boot": pre.n_boot,
         "grid_cases": args.grid_cases if args.grid_cases is not None else pre.grid_cases,
         "invert": not args.no_invert, "batch": args.batch if args.batch is not None else pre.batch,
+        "ablation_per_family": (getattr(args, "ablation_n", None) if getattr(args, "ablation_n", None) is not None
+                                else pre.ablation_per_family),
+        "invert_ablations": _invert_ablations(getattr(args, "invert_ablations", None), pre.invert_ablations),
         "lr": args.lr, "case_seed": args.case_seed, "baseline": args.baseline,
         "view": getattr(args, "view", "default"), "evaluator": getattr(args, "evaluator", None),
     }
@@ -124,9 +137,28 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         raise IdseditError("--steps values must be >= 1")
     if s["batch"] < 1:
         raise IdseditError(f"--batch must be >= 1, got {s['batch']}")
+    if s["ablation_per_family"] < 0:
+        raise IdseditError(f"--ablation-n must be >= 0, got {s['ablation_per_family']}")
     if s["trace_every"] < 0 or s["residual_cases"] < 0:
         raise IdseditError("--trace-every and --residual-cases must be >= 0")
     return s
+
+
+def _invert_ablations(text: str | None, preset_value):
+    """--invert-ablations -> None (every ablation) or a list of setting names."""
+    if text is None:
+        return list(preset_value) if preset_value is not None else None
+    key = text.strip().lower()
+    if key == "all":
+        return None
+    if key == "none":
+        return []
+    names = [k.strip() for k in key.split(",") if k.strip()]
+    bad = [k for k in names if k not in ABLATION_KEYS]
+    if bad:
+        raise IdseditError(f"--invert-ablations: unknown setting(s) {', '.join(bad)}; use all, none or some of "
+                           f"{', '.join(ABLATION_KEYS)}")
+    return names
 
 
 def base_config(s: dict):
@@ -152,7 +184,8 @@ def cli_main(args) -> int:
 def _main(args) -> int:
     from ..images import save_json_atomic
     from .cases import make_cases
-    from .methods import build_runs, parse_methods
+    from .methods import build_runs, limit_ablations, parse_methods
+    from .runner import parse_shard
 
     if args.pairs:
         from .pairs import run_pairs_cli
@@ -162,22 +195,29 @@ def _main(args) -> int:
     cases = make_cases(s["families"], s["per_family"], s["case_seed"], s["view"])
     runs = build_runs(parse_methods(s["methods"]), base_config(s), s["ablations"],
                       [m for m in s["ablate_methods"].split(",") if m.strip()], product=s["product"])
+    runs = limit_ablations(runs, cases, s["ablation_per_family"], s["invert_ablations"])
+    shard = parse_shard(getattr(args, "shard", None))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise IdseditError(f"--out {out} is a file: name a folder")
     if args.overwrite:
         for name in ("rows.jsonl", "run.json"):
             (out / name).unlink(missing_ok=True)
+        for path in out.glob("rows.shard*of*.jsonl") if out.is_dir() else ():
+            path.unlink()
         shutil.rmtree(out / "images", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     from ..prior import load_prior
 
     prior = load_prior(args.model, device=args.device, dtype=args.dtype)
+    n_edits = sum(len(r.cases) if r.cases is not None else len(cases) for r in runs)
     if not args.quiet:
-        print(f"model: {prior.name}\n{len(cases)} cases x {len(runs)} runs = {len(cases) * len(runs)} edits "
-              f"({'with' if s['invert'] else 'without'} A->B->A), preset {s['preset']}: {out}", flush=True)
-    save_json_atomic({"argv": sys.argv[1:], "settings": s, "model": prior.name,
-                      "runs": [r.record() for r in runs], "cases": [c.record() for c in cases]}, out / "run.json")
+        part = f", shard {shard[0] + 1} of {shard[1]}" if shard else ""
+        print(f"model: {prior.name}\n{len(cases)} cases x {len(runs)} runs: {n_edits} edits "
+              f"({'with' if s['invert'] else 'without'} A->B->A), preset {s['preset']}{part}: {out}", flush=True)
+    if shard is None:
+        save_json_atomic({"argv": sys.argv[1:], "settings": s, "model": prior.name,
+                          "runs": [r.record() for r in runs], "cases": [c.record() for c in cases]}, out / "run.json")
     from ..mini.evaluator import load_evaluator
     from .runner import run_evaluation
 
@@ -185,7 +225,11 @@ def _main(args) -> int:
     t0 = time.perf_counter()
     rows = run_evaluation(prior, cases, runs, out, evaluator=evaluator, invert=s["invert"],
                           trace_every=s["trace_every"], progress=not args.quiet, log=print, batch=s["batch"],
-                          judge=str(Path(s["evaluator"]).resolve()) if s["evaluator"] else None)
+                          judge=str(Path(s["evaluator"]).resolve()) if s["evaluator"] else None, shard=shard)
+    if shard is not None:
+        print(f"shard {shard[0] + 1} of {shard[1]} done: {len(rows)} edits of {n_edits} are in {out}. When every "
+              "shard is done, run the same command without --shard to merge the rows and write the report.")
+        return 0
     residuals = None
     if s["residual_cases"]:
         residuals = _residuals(prior, cases, s, out)
@@ -241,11 +285,18 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
               "cases": f"{len(cases)} ({', '.join(s['families'])}; {s['per_family']} per family, seed {s['case_seed']}"
                        f"; {s.get('view', 'default')} view)",
               "judge": s.get("evaluator") or "the bundled evaluator",
-              "steps": s["steps"], "A->B->A": "yes" if s["invert"] else "no",
+              "steps": s["steps"], "A->B->A": _invert_note(s, runs),
               "VAE round trip, PSNR outside (the ceiling)": _mean_vae(rows),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "wall time of this invocation": f"{seconds:.0f} s"}
-    md = markdown_summary(summary, diffs, fams, baseline=baseline, header=header, cases=[c.record() for c in cases])
+    abl_cases = next((r.cases for r in runs if r.ablation is not None and r.cases is not None), None)
+    abl_summary = summary
+    if abl_cases is not None:   # ablations on a subset: their base runs are summarised on the same cases
+        abl_summary = summarize([r for r in rows if r["case"] in abl_cases], n_boot=s["n_boot"])
+        header["ablations"] = (f"on {len(abl_cases)} cases ({s['ablation_per_family']} per family); their table and "
+                               "plot compare each with its base run on the same cases")
+    md = markdown_summary(summary, diffs, fams, baseline=baseline, header=header, cases=[c.record() for c in cases],
+                          ablation_summary=abl_summary if abl_cases is not None else None)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(md)
     with atomic_path(out / "rows.csv") as tmp:
@@ -271,8 +322,16 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     figures.plot_drift(rows, out / "drift.png")
     if residuals:
         figures.plot_residuals(residuals, out / "residual_vs_t.png")
-    figures.plot_ablations(summary, out / "ablations.png")
+    figures.plot_ablations(abl_summary, out / "ablations.png")
     figures.plot_frontier(summary, out / "frontier.png")
+
+
+def _invert_note(s: dict, runs) -> str:
+    if not s["invert"]:
+        return "no"
+    if all(r.invert for r in runs):
+        return "yes"
+    return "main runs" + (f" and the {', '.join(s['invert_ablations'])} ablations" if s["invert_ablations"] else "")
 
 
 def _grid_cases(cases, k: int):

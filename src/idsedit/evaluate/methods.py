@@ -64,6 +64,8 @@ class EvalRun:
     t_grid: tuple[int, int, int, int] | None = None
     base: str = ""                              # the run an ablation varies ("ids" for "ids[N=1]"), else label
     ablation: tuple[str, float] | None = None   # (setting, value) for ablation runs
+    invert: bool = True                         # also edit B -> A (when the evaluation inverts at all)
+    cases: frozenset[str] | None = None         # the case names this run edits (None: every case)
 
     def record(self) -> dict:
         return {"label": self.label, "variant": self.variant, "config": dataclasses.asdict(self.config),
@@ -179,6 +181,29 @@ def build_runs(methods: list[str], base_config, ablations: dict | None = None,
                 runs.append(ab)
                 seen.add(ab.label)
     return runs
+
+
+def limit_ablations(runs: list[EvalRun], cases, per_family: int = 0, invert_settings=None) -> list[EvalRun]:
+    """The ablation runs restricted to the first ``per_family`` cases of each family (0: every case), and
+    inverted (A -> B -> A) only when their setting is in ``invert_settings`` (None: every setting). Other runs
+    are returned unchanged."""
+    subset = None
+    if per_family > 0:
+        seen: dict[str, int] = {}
+        names = []
+        for c in cases:
+            if seen.get(c.attribute, 0) < per_family:
+                names.append(c.name)
+                seen[c.attribute] = seen.get(c.attribute, 0) + 1
+        subset = frozenset(names)
+    out = []
+    for r in runs:
+        if r.ablation is None:
+            out.append(r)
+            continue
+        inv = invert_settings is None or any(k in invert_settings for k in str(r.ablation[0]).split("+"))
+        out.append(dataclasses.replace(r, invert=inv, cases=subset))
+    return out
 
 
 def canonical_key(name: str) -> str:

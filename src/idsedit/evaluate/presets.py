@@ -2,8 +2,10 @@
 
     quick      CI-sized: one case per family (6), 2 steps, every method, two small ablations; every output file.
     standard   10 cases per family (60), 200 steps, every method, the paper's ablations on DDS and IDS:
-               N in {0, 1, 2, 5}, lambda in {0.1, 0.3, 3, 10}, 100 steps, guidance 3 and 15.
-    full       as standard with 25 cases per family (150).
+               N in {0, 1, 2, 5}, lambda in {0.1, 0.3, 3, 10}, 100 steps, guidance 3 and 15, on the first 4 cases
+               of each family (24); A -> B -> A for every main run and the N ablations (the mechanism the
+               invertibility claim rests on), not for the other ablations (their question is edit vs keep).
+    full       as standard with 25 cases per family (150), ablations on 10 per family (60).
     frontier   the cost-quality sweep: DDS and the IDS variants at 25 / 50 / 100 / 200 steps and N = 1, 2
                and every combination (quality against UNet forward-equivalents per edit), 4 cases per family.
 
@@ -33,6 +35,8 @@ class Preset:
     grid_cases: int = 12
     product: bool = False           # ablations: every combination (frontier) instead of one factor at a time
     batch: int = 8                  # cases per batched edit (runner.run_edits; docs/eval.md "Batched edits")
+    ablation_per_family: int = 0    # ablation runs edit the first k cases of each family (0: every case)
+    invert_ablations: tuple[str, ...] | None = None   # ablated settings whose runs get A -> B -> A (None: all)
 
 
 PRESETS: dict[str, Preset] = {
@@ -40,10 +44,12 @@ PRESETS: dict[str, Preset] = {
                     residual_cases=1, residual_ts=(100, 500, 900), n_boot=200, grid_cases=6, batch=3),
     "standard": Preset(per_family=10, steps=200,
                        ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
-                                  "guidance": [3.0, 15.0]}),
+                                  "guidance": [3.0, 15.0]},
+                       ablation_per_family=4, invert_ablations=("fpr_iters",)),
     "full": Preset(per_family=25, steps=200,
                    ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
-                              "guidance": [3.0, 15.0]}),
+                              "guidance": [3.0, 15.0]},
+                   ablation_per_family=10, invert_ablations=("fpr_iters",)),
     "frontier": Preset(per_family=4, steps=200, methods="no-edit,dds,ids,ids-jf,ids-adaptive",
                        ablations={"steps": [25, 50, 100], "fpr_iters": [1, 2]},
                        ablate_methods="dds,ids,ids-jf,ids-adaptive", residual_cases=0, product=True),

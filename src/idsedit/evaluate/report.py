@@ -95,7 +95,7 @@ def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, s
         for key in PAIRED_METRICS:
             a = [_value(by[(c, label)], key) for c in cases]
             b = [_value(by[(c, baseline)], key) for c in cases]
-            if all(math.isnan(v) for v in a + b):
+            if all(math.isnan(v) for v in a) or all(math.isnan(v) for v in b):
                 continue
             m, lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
             d[key] = {"mean": m, "lo": lo, "hi": hi, "n": len(cases)}
@@ -179,8 +179,10 @@ def _diff_cell(s: dict | None, kind: str) -> str:
 
 
 def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: str | None, header: dict,
-                     cases: list[dict]) -> str:
-    """The summary as markdown: settings, main table, paired differences, per family, kept per attribute, cases."""
+                     cases: list[dict], ablation_summary: dict | None = None) -> str:
+    """The summary as markdown: settings, main table, paired differences, per family, kept per attribute, cases.
+    ``ablation_summary`` (ablations run on a subset of the cases): the summary of those cases only, shown as its
+    own table of the ablation runs next to their base runs."""
     lines = ["# idsedit eval", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "## Per run: mean [bootstrap 95% CI] over edits", ""]
@@ -190,6 +192,15 @@ def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: st
     for label, s in summary.items():
         lines.append(f"| {label} | {s['n']} | " + " | ".join(_cell(s.get(k), METRICS[k][1], k not in COST_METRICS)
                                                           for k in cols) + " |")
+    if ablation_summary:
+        bases = {s["base"] for s in ablation_summary.values() if s.get("ablation")}
+        n_abl = max((s["n"] for s in ablation_summary.values() if s.get("ablation")), default=0)
+        lines += ["", f"## Ablations on their {n_abl} cases, each next to its base run on the same cases", "",
+                  "| run | n | " + " | ".join(METRICS[k][0] for k in cols) + " |", "|---|---|" + "---|" * len(cols)]
+        for label, s in ablation_summary.items():
+            if s.get("ablation") or label in bases:
+                lines.append(f"| {label} | {s['n']} | " + " | ".join(
+                    _cell(s.get(k), METRICS[k][1], k not in COST_METRICS) for k in cols) + " |")
     if baseline and diffs:
         dcols = [k for k in PAIRED_METRICS if any(k in d for d in diffs.values())]
         lines += ["", f"## Paired differences: run minus {baseline} (same cases), mean [95% CI]; * = CI excludes 0",

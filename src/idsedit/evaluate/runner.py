@@ -141,10 +141,10 @@ def run_fingerprint(run_record: dict, case_record: dict, model: str, invert: boo
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, repair: bool = True) -> list[dict]:
     """The complete rows of a rows.jsonl file. Every row is written with its newline in one write, so a line
-    without one is a write cut short by a crash: it is dropped and cut off the file so that appending continues
-    cleanly. A bad complete line is an IdseditError."""
+    without one is a write cut short by a crash: it is dropped and (``repair``) cut off the file so that appending
+    continues cleanly. A bad complete line is an IdseditError."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -161,7 +161,7 @@ def read_rows(path: Path) -> list[dict]:
                 lineno = data.count(b"\n", 0, pos) + 1
                 raise IdseditError(f"{path}: line {lineno} is not valid JSON; move the file away to start over") from None
         pos = nl + 1
-    if pos < len(data):
+    if pos < len(data) and repair:
         with open(path, "r+b") as f:
             f.truncate(pos)
     return rows
@@ -382,17 +382,79 @@ def run_edits(prior, ctxs: list[CaseContext], run, evaluator, *, invert: bool = 
 
 
 # --------------------------------------------------------------------------------------------------- many edits
+def shard_rows_name(shard: tuple[int, int]) -> str:
+    """The rows file of shard ``(i, k)`` (0-based i of k): ``rows.shard1of2.jsonl`` for (0, 2)."""
+    return f"rows.shard{shard[0] + 1}of{shard[1]}.jsonl"
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/K"`` (1-based, e.g. ``1/2``) -> (I - 1, K); None stays None."""
+    if text is None:
+        return None
+    try:
+        i, k = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise IdseditError(f"--shard must look like 1/2 (this process / processes), got {text!r}") from None
+    if not (k >= 1 and 1 <= i <= k):
+        raise IdseditError(f"--shard {text}: need 1 <= I <= K")
+    return i - 1, k
+
+
+def _all_rows(out: Path, own: Path) -> list[dict]:
+    """Rows of ``rows.jsonl`` and every shard's rows file. Only ``own`` (the file this process appends to) is
+    repaired (a torn last line cut off); another shard's torn line may be a write in progress, so it is only
+    skipped."""
+    rows = []
+    for path in [out / ROWS_FILE] + sorted(out.glob("rows.shard*of*.jsonl")):
+        if path == own or path == out / ROWS_FILE:
+            rows += read_rows(path)
+        elif path.is_file():
+            rows += read_rows(path, repair=False)
+    return rows
+
+
+def merge_shard_rows(out: Path, keys: list[tuple[str, str]]) -> int:
+    """Move the shard files' rows into ``rows.jsonl`` (in plan order ``keys``; rows already there stay) and delete
+    the shard files. Returns the number of rows moved. Called by an unsharded run once every shard is done."""
+    rows_path = out / ROWS_FILE
+    shard_files = sorted(out.glob("rows.shard*of*.jsonl"))
+    if not shard_files:
+        return 0
+    have = {(r["case"], r["label"]) for r in read_rows(rows_path)}
+    found = {}
+    for path in shard_files:
+        for r in read_rows(path, repair=False):
+            found.setdefault((r["case"], r["label"]), r)
+    moved = 0
+    for key in keys:
+        if key in found and key not in have:
+            append_row(rows_path, found[key])
+            have.add(key)
+            moved += 1
+    for path in shard_files:
+        path.unlink()
+    return moved
+
+
 def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *, evaluator=None, invert: bool = True,
                    trace_every: int = 0, progress: bool = True, on_row: Callable | None = None,
-                   log: Callable[[str], None] | None = None, batch: int = 1, judge: str | None = None) -> list[dict]:
+                   log: Callable[[str], None] | None = None, batch: int = 1, judge: str | None = None,
+                   shard: tuple[int, int] | None = None) -> list[dict]:
     """Edit every case with every run, appending each row to ``out/rows.jsonl`` as it finishes; rows already
     there with the same fingerprint are kept and their edits skipped (resume). Returns all rows in case x run
-    order. The edited images go to ``out/images/<case>.<label>.png`` (written before the row: the row commits).
+    order (with ``shard``: this shard's rows). The edited images go to ``out/images/<case>.<label>.png``
+    (written before the row: the row commits).
+
+    A run edits only its ``cases`` (a set of case names; None = every case) and makes the A -> B -> A edit when
+    ``invert`` and its own ``invert`` are both true (the ablation runs of the standard preset use both).
 
     ``batch`` = K > 1: the cases are taken in fixed blocks of K consecutive cases; each block is edited run by run,
     a batchable run (:func:`idsedit.evaluate.batching.batchable`) in one batched edit of the whole block
     (:func:`run_edits`). A block a resumed run has partly done is edited whole again (only the missing rows are
     stored), so a batch always holds the same cases and a resumed run gives the same numbers bit for bit.
+    ``shard`` = (i, k): this process edits only the blocks b with b % k == i and appends to its own rows file
+    (:func:`shard_rows_name`); k processes with the same arguments and ``out`` split the work, and an unsharded
+    run afterwards finds everything done, merges the shard files into ``rows.jsonl`` and returns every row.
     ``judge``: the path of a non-bundled ``evaluator``'s weights, part of every row's fingerprint (rows judged by
     another evaluator are not resumed).
     """
@@ -404,44 +466,52 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
     evaluator = evaluator or load_evaluator()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows_path = out / ROWS_FILE
-    done = {(r["case"], r["label"]): r for r in read_rows(rows_path)}
+    rows_path = out / (shard_rows_name(shard) if shard else ROWS_FILE)
+    done = {(r["case"], r["label"]): r for r in _all_rows(out, rows_path)}
     neg = runs[0].config.distill.negative_prompt if runs else ""
+    blocks = [cases[b0:b0 + batch] for b0 in range(0, len(cases), batch)]
+    mine = {c.name for b, block in enumerate(blocks) if shard is None or b % shard[1] == shard[0] for c in block}
     plan, fps = [], {}
     for case in cases:
         for run in runs:
-            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name, invert, judge)
+            if not _applies(run, case):
+                continue
+            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name,
+                                 _inverts(run, invert), judge)
             prev = done.get((case.name, run.label))
             if prev is not None and prev.get("fingerprint") != fp:
                 raise IdseditError(f"{rows_path} holds a result for {case.name} / {run.label} made with other settings "
                                    "or another model: use another --out, or --overwrite to start over")
             plan.append((case, run, fp, prev))
             fps[(case.name, run.label)] = fp
-    skipped = sum(1 for p in plan if p[3] is not None)
+    todo_plan = [p for p in plan if p[0].name in mine]
+    skipped = sum(1 for p in todo_plan if p[3] is not None)
     if skipped and log is not None:
-        log(f"resuming: {skipped} of {len(plan)} edits are already in {rows_path}, skipping them")
+        log(f"resuming: {skipped} of {len(todo_plan)} edits are already in {out}, skipping them")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(plan), initial=skipped, unit="edit", desc="eval", dynamic_ncols=True)
+        bar = tqdm(total=len(todo_plan), initial=skipped, unit="edit", desc="eval", dynamic_ncols=True)
     new_rows: list[dict] = []
     try:
-        for b0 in range(0, len(cases), batch):
-            block = cases[b0:b0 + batch]
-            if all((c.name, r.label) in done for c in block for r in runs):
+        for b, block in enumerate(blocks):
+            if shard is not None and b % shard[1] != shard[0]:
+                continue
+            if all((c.name, r.label) in done for c in block for r in runs if _applies(r, c)):
                 continue
             ctxs = {c.name: CaseContext.build(prior, c, neg) for c in block}
             for run in runs:
-                todo = [c for c in block if (c.name, run.label) not in done]
+                members = [c for c in block if _applies(run, c)]
+                todo = [c for c in members if (c.name, run.label) not in done]
                 if not todo:
                     continue
-                edit_cases = block if len(block) > 1 and batchable(run, prior) else todo
+                edit_cases = members if len(members) > 1 and batchable(run, prior) else todo
                 if bar is not None:
                     more = f" +{len(edit_cases) - 1}" if len(edit_cases) > 1 else ""
                     bar.set_postfix_str(f"{edit_cases[0].name}{more} {run.label}", refresh=True)
-                results = run_edits(prior, [ctxs[c.name] for c in edit_cases], run, evaluator, invert=invert,
-                                    trace_every=trace_every)
+                results = run_edits(prior, [ctxs[c.name] for c in edit_cases], run, evaluator,
+                                    invert=_inverts(run, invert), trace_every=trace_every)
                 for c, (row, img) in zip(edit_cases, results):
                     if (c.name, run.label) in done:
                         continue
@@ -451,7 +521,28 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
     finally:
         if bar is not None:
             bar.close()
-    return [done[(case.name, run.label)] for case, run, _, _ in plan]
+    keys = [(case.name, run.label) for case, run, _, _ in plan]
+    if shard is not None:
+        return [done[(case.name, run.label)] for case, run, _, _ in todo_plan]
+    if shard is None:
+        missing = [k for k in keys if k not in done]
+        if missing:  # only possible if a shard file vanished mid-run
+            raise IdseditError(f"{len(missing)} edits are missing from {out} after the run: run it again")
+        moved = merge_shard_rows(out, keys)
+        if moved and log is not None:
+            log(f"merged {moved} rows of the shard files into {out / ROWS_FILE}")
+    return [done[k] for k in keys if k in done]
+
+
+def _applies(run, case) -> bool:
+    """Whether ``run`` edits ``case`` (runs with a ``cases`` subset, e.g. ablations on a few cases per family)."""
+    subset = getattr(run, "cases", None)
+    return subset is None or case.name in subset
+
+
+def _inverts(run, invert: bool) -> bool:
+    """Whether ``run``'s edits get the A -> B -> A edit: the evaluation's ``invert`` and the run's own flag."""
+    return bool(invert and getattr(run, "invert", True))
 
 
 def _seedless(run) -> dict:
