@@ -108,6 +108,8 @@ FLAG_CASES = [
     (["--cut-weight", "1.5"], lambda c: c.distill.cut_weight == 1.5),
     (["--negative-prompt", "blurry"], lambda c: c.distill.negative_prompt == "blurry"),
     (["--frames-every", "2"], lambda c: c.frames_every == 2),
+    (["--lr-schedule", "cosine"], lambda c: c.lr_schedule == "cosine"),
+    (["--t-anneal-to", "300"], lambda c: c.t_anneal_to == 300),
 ]
 
 
@@ -119,7 +121,8 @@ def test_every_config_flag_reaches_the_config(fake, img, tmp_path, capsys, flags
     cfg = call["config"]
     assert isinstance(cfg, EditConfig) and isinstance(cfg.distill, DistillConfig)
     assert check(cfg)
-    changed = {f for f in ("method", "steps", "lr", "seed", "frames_every") if getattr(cfg, f) != getattr(
+    changed = {f for f in ("method", "steps", "lr", "seed", "frames_every", "lr_schedule", "t_anneal_to")
+               if getattr(cfg, f) != getattr(
         EditConfig(), f)}
     changed |= {f"distill.{f}" for f in vars(DistillConfig()) if getattr(cfg.distill, f) != getattr(
         DistillConfig(), f)}

@@ -158,6 +158,23 @@ def test_runs_authors_settings_and_ablations():
         build_runs(["dds@authors"], EditConfig())
 
 
+def test_drift_remedies_are_ablations_of_every_method():
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate.methods import build_runs
+    from idsedit.evaluate.presets import PRESETS
+
+    pre = PRESETS["drift"]
+    runs = build_runs(pre.methods.split(","), EditConfig(), pre.ablations, pre.ablate_methods.split(","))
+    r = {x.label: x for x in runs}
+    for m in ("dds", "cds", "pds", "ids", "ids-jf"):
+        assert r[f"{m}[lr=cosine]"].config.lr_schedule == "cosine" and r[f"{m}[lr=cosine]"].base == m
+        assert r[f"{m}[t_anneal=300]"].config.t_anneal_to == 300
+        assert r[f"{m}[steps=100]"].config.steps == 100 and r[f"{m}[w=3]"].config.distill.guidance == 3.0
+    assert r["ids-jf[lr=cosine]"].config.distill.fpr_mode == "jacobian-free"
+    assert not pre.invert and "no-edit[lr=cosine]" not in r
+    assert build_runs(["dds"], EditConfig(), {"lr_schedule": ["constant"]}) == build_runs(["dds"], EditConfig())
+
+
 def test_rows_file_is_crash_safe(tmp_path):
     from idsedit.evaluate.runner import append_row, read_rows
 

@@ -176,3 +176,49 @@ def test_cancelled_inversion(tiny_prior):
                           should_stop=_stop_after(3))
     assert second.cancelled and second.forward.steps_done == 2 and second.backward.steps_done == 1
     assert np.isfinite(second.psnr)
+
+
+def test_lr_schedules_and_timestep_annealing_by_hand():
+    import math
+
+    from idsedit.loop import lr_factor, t_upper
+
+    assert [lr_factor(i, 4) for i in range(4)] == [1.0, 1.0, 1.0, 1.0]
+    assert [lr_factor(i, 4, "linear") for i in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert lr_factor(2, 4, "cosine") == pytest.approx(0.5) and lr_factor(1, 4, "cosine") == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4)))
+    with pytest.raises(IdseditError, match="schedule"):
+        lr_factor(0, 4, "step")
+    assert [t_upper(i, 5, 949) for i in range(5)] == [949] * 5
+    assert [t_upper(i, 5, 949, 349) for i in range(5)] == [949, 799, 649, 499, 349]
+    assert t_upper(0, 1, 949, 349) == 949
+
+
+def test_annealed_edit_draws_t_below_the_falling_bound_and_schedules_scale_the_step(tiny_prior):
+    import dataclasses
+
+    from idsedit.edit2d import EditConfig, run_latents
+    from idsedit.loop import t_upper
+
+    g = torch.Generator().manual_seed(0)
+    z_src = torch.randn(1, 4, 8, 8, generator=g)
+    cond = tiny_prior.encode_text("a red cube"), tiny_prior.encode_text("a blue cube")
+    cfg = EditConfig(method="dds", steps=6, t_anneal_to=200)
+    ts = []
+    run_latents(tiny_prior, z_src, *cond, cfg, callback=lambda i, z, d, out: ts.append((i, int(d.t))))
+    assert all(50 <= t < t_upper(i, 6, cfg.t_max, 200) for i, t in ts) and len(ts) == 6
+    # one step: a linear or cosine schedule starts at the full lr, so step 0 is the constant schedule's
+    one = dataclasses.replace(cfg, steps=1, t_anneal_to=None)
+    a = run_latents(tiny_prior, z_src, *cond, one).latent
+    for sched in ("linear", "cosine"):
+        b = run_latents(tiny_prior, z_src, *cond, dataclasses.replace(one, lr_schedule=sched)).latent
+        torch.testing.assert_close(a, b)
+    # two steps: the second step of the linear schedule is half as long as the constant one's
+    two = dataclasses.replace(one, steps=2)
+    c, lin = (run_latents(tiny_prior, z_src, *cond, dataclasses.replace(two, lr_schedule=s)).latent
+              for s in ("constant", "linear"))
+    assert float((lin - a).norm()) < float((c - a).norm())
+    with pytest.raises(IdseditError, match="t-anneal-to"):
+        EditConfig(t_anneal_to=20)
+    with pytest.raises(IdseditError, match="lr-schedule"):
+        EditConfig(lr_schedule="step")

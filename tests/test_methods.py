@@ -32,7 +32,9 @@ def run(prior, name, z_src, z_trg, noise, cs, ct, cfg=None, sampler=None):
 def test_identical_prompts_and_latents_give_zero_gradient(tiny_prior, conds, name):
     z = rnd(0)
     out = run(tiny_prior, name, z, z.clone(), rnd(1), conds[0], conds[0])
-    assert out.grad.abs().max() < 1e-5
+    # float32 noise only: the two branches sit at different rows of one batched UNet call, and CFG multiplies the
+    # difference by 8.5 (IDS: 1.09e-5 on one element on 2026-11-30's set-up); a real gradient is ~1e-1
+    assert out.grad.abs().max() < 5e-5
 
 
 def test_ids_with_zero_iterations_equals_dds(tiny_prior, conds):

@@ -124,3 +124,20 @@ def test_decoder_finetune_keeps_encoder_and_latents(tmp_path):
     k = next(iter(dec))
     assert torch.equal(full.state_dict()[k], dec[k]) and torch.equal(enc_only.state_dict()[k], before[k])
     assert read_json(state / "vae_decoder.json")["step"] == 2 and read_json(state / "vae.json")["step"] == 2
+
+
+def test_offset_noise_adds_one_constant_per_sample_and_channel():
+    import torch
+
+    from idsedit.mini.train import offset_noise
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(512, 4, 8, 8, generator=g)
+    assert offset_noise(noise, 0.0, g) is noise                      # off: the plain noise, nothing drawn
+    out = offset_noise(noise, 0.5, torch.Generator().manual_seed(1))
+    shift = out - noise
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)  # constant over space
+    c = shift[:, :, 0, 0] / 0.5
+    assert abs(float(c.mean())) < 0.1 and abs(float(c.std()) - 1.0) < 0.1    # c ~ N(0, 1) per (sample, channel)
+    # the spatial mean of plain noise has std 1/8 here; offset noise's has std sqrt(1/64 + 0.25)
+    assert float(out.mean(dim=(2, 3)).std()) == pytest.approx((1 / 64 + 0.25) ** 0.5, rel=0.1)

@@ -30,7 +30,9 @@ def test_batched_cfg_equals_separate_calls(tiny_prior):
     for z, c, e in zip((za, zb), (cs, ct), batched):
         u = tiny_prior.model_output(z, T, c.embeds[:1])
         k = tiny_prior.model_output(z, T, c.embeds[1:])
-        torch.testing.assert_close(e, u + 7.5 * (k - u), rtol=1e-5, atol=1e-5)
+        # batched vs separate matmuls differ by float32 rounding, which CFG scales by 8.5 (2 elements of 256 at
+        # 1.3e-5 on 2026-11-30's set-up)
+        torch.testing.assert_close(e, u + 7.5 * (k - u), rtol=1e-4, atol=5e-5)
 
 
 @torch.no_grad()

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from .distill import DistillConfig, get_method
 from .errors import IdseditError
-from .loop import (LOSS_SCALE, SD15_LATENT_AREA, T_MAX, T_MIN, RunState, auto_lr, distill_step, draw_step,  # noqa: F401
-                   run_steps, sd15_equivalent_lr)
+from .loop import (LOSS_SCALE, LR_SCHEDULES, SD15_LATENT_AREA, T_MAX, T_MIN, RunState, auto_lr,  # noqa: F401
+                   distill_step, draw_step, lr_factor, run_steps, sd15_equivalent_lr, t_upper)
 from .rng import Sampler
 
 
@@ -48,6 +48,8 @@ class EditConfig:
     loss_scale: float = LOSS_SCALE  # the official 2000 (divided by H_lat * W_lat)
     weight: float = 1.0             # w_dds: weight of the distillation term
     frames_every: int = 0           # keep a decoded frame every k steps (0: none)
+    lr_schedule: str = "constant"   # constant (official) | linear | cosine decay of the lr over the steps
+    t_anneal_to: int | None = None  # t's upper end falls linearly from t_max to this over the steps (None: fixed)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self):
@@ -58,6 +60,10 @@ class EditConfig:
             raise IdseditError(f"timestep range [{self.t_min}, {self.t_max}) must lie inside [0, 1000)")
         if self.lr is not None and not self.lr > 0:
             raise IdseditError(f"--lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise IdseditError(f"unknown --lr-schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        if self.t_anneal_to is not None and not self.t_min < self.t_anneal_to <= self.t_max:
+            raise IdseditError(f"--t-anneal-to must lie in ({self.t_min}, {self.t_max}], got {self.t_anneal_to}")
 
 
 @dataclass
@@ -141,11 +147,14 @@ def run_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *,
     """Optimise z_trg from z_src for up to ``config.steps`` SGD steps (see :func:`edit_latents`)."""
     sampler = sampler if sampler is not None else Sampler.seeded(config.seed)
     z_trg = z_src.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([z_trg], lr=resolved_lr(config, z_src))
+    lr = resolved_lr(config, z_src)
+    opt = torch.optim.SGD([z_trg], lr=lr)
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
-        draw = draw_step(sampler, z_src, config.t_min, config.t_max)
+        if config.lr_schedule != "constant":
+            opt.param_groups[0]["lr"] = lr * lr_factor(i, config.steps, config.lr_schedule)
+        draw = draw_step(sampler, z_src, config.t_min, t_upper(i, config.steps, config.t_max, config.t_anneal_to))
         loss, out = distill_step(prior, config.method, z_src, z_trg, draw, cond_src, cond_trg, config.distill,
                                  sampler, scale=config.loss_scale, weight=config.weight, mask=mask)
         loss.backward()

@@ -51,7 +51,8 @@ KEY_LENGTH = 8
 """Hex digits of the edit key in output names (32 bits: a collision needs ~65000 edits of one image stem)."""
 
 # Flag -> config field. Every flag of `edit` that changes an edit is listed here (tests check each one arrives).
-EDIT_FLAGS = {"steps": "steps", "lr": "lr", "seed": "seed", "frames_every": "frames_every"}
+EDIT_FLAGS = {"steps": "steps", "lr": "lr", "seed": "seed", "frames_every": "frames_every",
+              "lr_schedule": "lr_schedule", "t_anneal_to": "t_anneal_to"}
 DISTILL_FLAGS = {"guidance": "guidance", "fpr_iters": "fpr_iters", "fpr_lambda": "fpr_lambda",
                  "fpr_mode": "fpr_mode", "fpr_attention_backward": "fpr_attention_backward",
                  "with_cut": "with_cut", "cut_weight": "cut_weight",
@@ -138,6 +139,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", metavar="LR", type=_float(positive=True),
                    help="SGD learning rate on the latent (default: 0.1 x latent area / 64^2: the official 0.1 "
                         "for SD 1.5 at 512x512, the same per-element step at other sizes)")
+    arg(g, "--lr-schedule", metavar="NAME", type=str.lower, choices=["constant", "linear", "cosine"],
+        config=("edit", "lr_schedule"), help="learning-rate decay over the steps: constant (the official loop), "
+                                            "linear or cosine (to ~0 at the last step)")
+    arg(g, "--t-anneal-to", metavar="T", type=_int_at_least(1), config=("edit", "t_anneal_to"),
+        help="anneal the timestep range: t's upper end falls linearly from 949 to T over the steps "
+             "(default: fixed, t ~ U{50..948})")
     arg(g, "--seed", metavar="S", type=int, config=("edit", "seed"),
         help="random seed of the timestep and noise draws")
     arg(g, "--fpr-iters", metavar="N", type=_int_at_least(0), config=("distill", "fpr_iters"),

@@ -26,6 +26,8 @@ cooperative cancel a web server or an API user needs; the partial result is retu
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,6 +54,31 @@ def draw_step(sampler: Sampler, z_src: Tensor, t_min: int = T_MIN, t_max: int = 
     """t ~ U{t_min, ..., t_max - 1}, then eps ~ N(0, I) like z_src."""
     t = sampler.randint(t_min, t_max).to(z_src.device)
     return StepDraw(t, sampler.randn_like(z_src))
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(step: int, steps: int, schedule: str = "constant") -> float:
+    """The learning-rate multiplier of step ``step`` (0-based) of ``steps``: constant 1 (the official loop),
+    linear 1 - step / steps, cosine (1 + cos(pi step / steps)) / 2 (both reach ~0 at the last step)."""
+    if schedule == "constant":
+        return 1.0
+    frac = step / max(1, steps)
+    if schedule == "linear":
+        return 1.0 - frac
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    raise IdseditError(f"unknown learning-rate schedule {schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+
+
+def t_upper(step: int, steps: int, t_max: int, anneal_to: int | None = None) -> int:
+    """The exclusive upper end of step ``step``'s timestep draw t ~ U{t_min, ..., t_upper - 1}: ``t_max`` without
+    annealing, else linear from ``t_max`` at the first step to ``anneal_to`` at the last (large t, which rewrite
+    the layout, early; small t, which refine detail, late)."""
+    if anneal_to is None or steps <= 1:
+        return t_max
+    return int(round(t_max + (anneal_to - t_max) * step / (steps - 1)))
 
 
 # --------------------------------------------------------------------------------------------------- loss

@@ -27,7 +27,7 @@ from .presets import PRESETS
 def _list(kind):
     def parse(text: str):
         try:
-            values = [kind(v) for v in str(text).split(",") if v.strip()]
+            values = [kind(v.strip()) for v in str(text).split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
         if not values:
@@ -60,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "run, the rest as ablations of the IDS runs), e.g. 3,0,1,2,5")
     g.add_argument("--fpr-lambda", type=_list(float), default=None, help="FPR step lambda (list as --fpr-iters)")
     g.add_argument("--guidance", type=_list(float), default=None, help="CFG scale (list as --fpr-iters)")
+    g.add_argument("--lr-schedule", type=_list(str), default=None,
+                   help="lr decay over the steps: constant, linear, cosine (list as --fpr-iters)")
+    g.add_argument("--t-anneal-to", type=_list(int), default=None,
+                   help="anneal t's upper end from 949 to this over the steps, 0 = fixed (list as --fpr-iters)")
     g.add_argument("--ablate-methods", default=None, help="runs the ablations vary (default: dds,ids)")
     g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the automatic rule)")
     g.add_argument("--no-invert", action="store_true", help="skip the A -> B -> A edit (halves the time)")
@@ -106,7 +110,8 @@ def resolve(args, preset_ablations: bool = True) -> dict:
     rest = lambda v: v[1:] if v else []     # noqa: E731
     ablations = dict(pre.ablations) if preset_ablations else {}
     for key, values in (("fpr_iters", args.fpr_iters), ("fpr_lambda", args.fpr_lambda), ("steps", args.steps),
-                        ("guidance", args.guidance)):
+                        ("guidance", args.guidance), ("lr_schedule", getattr(args, "lr_schedule", None)),
+                        ("t_anneal_to", getattr(args, "t_anneal_to", None))):
         if values is not None:
             ablations[key] = rest(values)
     s = {
@@ -117,6 +122,8 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "steps": first(args.steps, pre.steps),
         "fpr_iters": first(args.fpr_iters, None), "fpr_lambda": first(args.fpr_lambda, None),
         "guidance": first(args.guidance, None),
+        "lr_schedule": first(getattr(args, "lr_schedule", None), None),
+        "t_anneal_to": first(getattr(args, "t_anneal_to", None), None),
         "ablations": {k: v for k, v in ablations.items() if v},
         "ablate_methods": args.ablate_methods or pre.ablate_methods,
         "product": pre.product,
@@ -124,7 +131,7 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "residual_cases": args.residual_cases if args.residual_cases is not None else pre.residual_cases,
         "residual_ts": list(pre.residual_ts), "n_boot": pre.n_boot,
         "grid_cases": args.grid_cases if args.grid_cases is not None else pre.grid_cases,
-        "invert": not args.no_invert, "batch": args.batch if args.batch is not None else pre.batch,
+        "invert": not args.no_invert and pre.invert, "batch": args.batch if args.batch is not None else pre.batch,
         "ablation_per_family": (getattr(args, "ablation_n", None) if getattr(args, "ablation_n", None) is not None
                                 else pre.ablation_per_family),
         "invert_ablations": _invert_ablations(getattr(args, "invert_ablations", None), pre.invert_ablations),
@@ -167,7 +174,8 @@ def base_config(s: dict):
 
     from ..edit2d import EditConfig
 
-    cfg = EditConfig(steps=s["steps"], lr=s["lr"])
+    cfg = EditConfig(steps=s["steps"], lr=s["lr"], lr_schedule=s.get("lr_schedule") or "constant",
+                     t_anneal_to=s.get("t_anneal_to") or None)
     over = {k: s[k] for k in ("fpr_iters", "fpr_lambda", "guidance") if s[k] is not None}
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **over)) if over else cfg
 
@@ -272,7 +280,8 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     from ..images import atomic_path, save_image_atomic, save_json_atomic
     from . import figures
     from .cases import render_image
-    from .report import family_table, frontier, markdown_summary, paired_differences, rows_csv, summarize
+    from .report import (ablation_differences, family_table, frontier, markdown_summary, paired_differences, rows_csv,
+                         summarize)
 
     summary = summarize(rows, n_boot=s["n_boot"])
     labels = list(summary)
@@ -296,7 +305,8 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
         header["ablations"] = (f"on {len(abl_cases)} cases ({s['ablation_per_family']} per family); their table and "
                                "plot compare each with its base run on the same cases")
     md = markdown_summary(summary, diffs, fams, baseline=baseline, header=header, cases=[c.record() for c in cases],
-                          ablation_summary=abl_summary if abl_cases is not None else None)
+                          ablation_summary=abl_summary if abl_cases is not None else None,
+                          ablation_diffs=ablation_differences(rows, n_boot=s["n_boot"]))
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(md)
     with atomic_path(out / "rows.csv") as tmp:

@@ -137,6 +137,9 @@ def plot_residuals(curves: dict, path: Path) -> bool:
     return True
 
 
+NON_NUMERIC = ("lr_schedule", "t_anneal_to")   # settings whose base value is not a number on the same axis
+
+
 def plot_ablations(summary: dict, path: Path, keys=("identity_kept", "target_reached", "psnr_outside")) -> bool:
     """One panel per ablated setting: metric against the value, the base run's value included."""
     plt = _pyplot()
@@ -144,6 +147,8 @@ def plot_ablations(summary: dict, path: Path, keys=("identity_kept", "target_rea
     for label, s in summary.items():
         if s.get("ablation") and s["ablation"][0] in ABLATION_KEYS:   # one-factor ablations only
             setting, value = s["ablation"]
+            if not isinstance(value, (int, float)) or setting in NON_NUMERIC:   # lr schedules: in the tables only
+                continue
             groups.setdefault((s["base"], setting), []).append((float(value), label))
     if not groups:
         return False

@@ -50,7 +50,8 @@ NO_EDIT = "no-edit"
 It is the ceiling of every identity metric (what the autoencoder and the evaluator alone lose) and the floor of
 target reached."""
 
-ABLATION_KEYS = {"fpr_iters": "N", "fpr_lambda": "lambda", "steps": "steps", "guidance": "w", "weight": "weight"}
+ABLATION_KEYS = {"fpr_iters": "N", "fpr_lambda": "lambda", "steps": "steps", "guidance": "w", "weight": "weight",
+                 "lr_schedule": "lr", "t_anneal_to": "t_anneal"}
 """Ablation setting -> the short name used in run labels."""
 
 
@@ -134,6 +135,16 @@ def _override(cfg, key: str, value):
         if cfg.weight == value:
             return None, value
         return dataclasses.replace(cfg, weight=value), value
+    if key == "lr_schedule":
+        value = str(value)
+        if cfg.lr_schedule == value:
+            return None, value
+        return dataclasses.replace(cfg, lr_schedule=value), value
+    if key == "t_anneal_to":   # 0 or None: a fixed range
+        value = int(value) if value else None
+        if cfg.t_anneal_to == value:
+            return None, value
+        return dataclasses.replace(cfg, t_anneal_to=value), (value or 0)
     raise IdseditError(f"unknown ablation setting {key!r}: use one of {', '.join(ABLATION_KEYS)}")
 
 

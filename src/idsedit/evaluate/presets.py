@@ -6,6 +6,9 @@
                of each family (24); A -> B -> A for every main run and the N ablations (the mechanism the
                invertibility claim rests on), not for the other ablations (their question is edit vs keep).
     full       as standard with 25 cases per family (150), ablations on 10 per family (60).
+    drift      where the edits' drift comes from and what helps whom: DDS, CDS, PDS, IDS and IDS-JF on 6 colour and
+               6 shape cases, 200 steps, each also with one remedy at a time (100 steps, a cosine lr decay, t's
+               upper end annealed 949 -> 300, guidance 3), no A -> B -> A; the drift curve every 20 steps.
     frontier   the cost-quality sweep: DDS and the IDS variants at 25 / 50 / 100 / 200 steps and N = 1, 2
                and every combination (quality against UNet forward-equivalents per edit), 4 cases per family.
 
@@ -37,6 +40,7 @@ class Preset:
     batch: int = 8                  # cases per batched edit (runner.run_edits; docs/eval.md "Batched edits")
     ablation_per_family: int = 0    # ablation runs edit the first k cases of each family (0: every case)
     invert_ablations: tuple[str, ...] | None = None   # ablated settings whose runs get A -> B -> A (None: all)
+    invert: bool = True             # the A -> B -> A edit at all (--no-invert turns it off)
 
 
 PRESETS: dict[str, Preset] = {
@@ -50,6 +54,10 @@ PRESETS: dict[str, Preset] = {
                    ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
                               "guidance": [3.0, 15.0]},
                    ablation_per_family=10, invert_ablations=("fpr_iters",)),
+    "drift": Preset(per_family=6, steps=200, families=("colour", "shape"),
+                    methods="no-edit,dds,cds,pds,ids,ids-jf",
+                    ablations={"steps": [100], "lr_schedule": ["cosine"], "t_anneal_to": [300], "guidance": [3.0]},
+                    ablate_methods="dds,cds,pds,ids,ids-jf", invert=False, residual_cases=0, grid_cases=6),
     "frontier": Preset(per_family=4, steps=200, methods="no-edit,dds,ids,ids-jf,ids-adaptive",
                        ablations={"steps": [25, 50, 100], "fpr_iters": [1, 2]},
                        ablate_methods="dds,ids,ids-jf,ids-adaptive", residual_cases=0, product=True),

@@ -103,6 +103,19 @@ def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, s
     return out
 
 
+def ablation_differences(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """{ablation label: {metric: {"mean", "lo", "hi", "n"}}}: each ablation run minus its own base run on the
+    cases both ran (e.g. ``ids[N=0]`` minus ``ids``, ``dds[lr=cosine]`` minus ``dds``)."""
+    bases = {r["label"]: r.get("base") for r in rows if r.get("ablation")}
+    out = {}
+    for label, base in bases.items():
+        sub = [r for r in rows if r["label"] in (label, base)]
+        d = paired_differences(sub, base, n_boot=n_boot, seed=seed).get(label)
+        if d:
+            out[label] = d
+    return out
+
+
 def family_table(rows: list[dict]) -> dict:
     """{label: {family: {"n", "target_reached", "identity_kept", "psnr_outside"}}} (plain means)."""
     out = {}
@@ -179,7 +192,8 @@ def _diff_cell(s: dict | None, kind: str) -> str:
 
 
 def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: str | None, header: dict,
-                     cases: list[dict], ablation_summary: dict | None = None) -> str:
+                     cases: list[dict], ablation_summary: dict | None = None,
+                     ablation_diffs: dict | None = None) -> str:
     """The summary as markdown: settings, main table, paired differences, per family, kept per attribute, cases.
     ``ablation_summary`` (ablations run on a subset of the cases): the summary of those cases only, shown as its
     own table of the ablation runs next to their base runs."""
@@ -201,6 +215,13 @@ def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: st
             if s.get("ablation") or label in bases:
                 lines.append(f"| {label} | {s['n']} | " + " | ".join(
                     _cell(s.get(k), METRICS[k][1], k not in COST_METRICS) for k in cols) + " |")
+    if ablation_diffs:
+        dcols = [k for k in PAIRED_METRICS if any(k in d for d in ablation_diffs.values())]
+        lines += ["", "## Ablations minus their base run (same cases), mean [95% CI]; * = CI excludes 0", "",
+                  "| run | n | " + " | ".join(METRICS[k][0] for k in dcols) + " |", "|---|---|" + "---|" * len(dcols)]
+        for label, d in ablation_diffs.items():
+            n = next(iter(d.values()))["n"] if d else 0
+            lines.append(f"| {label} | {n} | " + " | ".join(_diff_cell(d.get(k), METRICS[k][1]) for k in dcols) + " |")
     if baseline and diffs:
         dcols = [k for k in PAIRED_METRICS if any(k in d for d in diffs.values())]
         lines += ["", f"## Paired differences: run minus {baseline} (same cases), mean [95% CI]; * = CI excludes 0",

@@ -86,6 +86,8 @@ class TrainConfig:
     unet_cooldown_start: int = 0  # >0: from this UNet step, decay the lr linearly ...
     unet_cooldown_steps: int = 0  # ... over this many steps to unet_cooldown_frac of unet_lr (then keep it)
     unet_cooldown_frac: float = 0.1  # final lr fraction of the cool-down
+    unet_noise_offset: float = 0.0  # >0: offset noise (noise + o * a per-sample, per-channel constant) ...
+    unet_noise_offset_start: int = 0  # ... from this UNet step on (the fine-tune that teaches the low frequencies)
     model: MiniModelConfig = field(default_factory=MiniModelConfig)  # network sizes
 
     def to_dict(self) -> dict:
@@ -107,6 +109,8 @@ def check_config(cfg: TrainConfig) -> None:
 
     if cfg.world not in WORLDS:
         raise IdseditError(f"unknown --world {cfg.world!r}; use one of {', '.join(WORLDS)}")
+    if cfg.unet_noise_offset < 0:
+        raise IdseditError(f"unet_noise_offset must be >= 0, got {cfg.unet_noise_offset}")
     if not 0.0 <= cfg.default_share <= 1.0:
         raise IdseditError(f"default_share must be in [0, 1], got {cfg.default_share}")
 
@@ -129,6 +133,20 @@ def cooldown_factor(step: int, start: int, steps: int, final: float) -> float:
     if start <= 0 or steps <= 0 or step < start:
         return 1.0
     return 1.0 - (1.0 - final) * min(1.0, (step - start) / steps)
+
+
+def offset_noise(noise, offset: float, gen):
+    """Offset noise: noise + offset * c, c ~ N(0, 1) of shape (B, C, 1, 1) (one constant per sample and channel).
+
+    Plain Gaussian noise has almost no energy at the lowest spatial frequency, so a model trained on it never learns
+    to change an image's mean colour, and its samples inherit the initial noise's per-channel mean (blotchy or
+    tinted backgrounds). ``offset`` = 0 returns ``noise`` itself and draws nothing."""
+    if offset <= 0:
+        return noise
+    import torch
+
+    c = torch.randn(noise.shape[:2] + (1,) * (noise.dim() - 2), generator=gen, dtype=noise.dtype)
+    return noise + offset * c
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -697,6 +715,8 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         z0 = (mean_t[idx].float() + std_t[idx].float() * eps_post) * sf  # (B, 4, 16, 16)
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=gen)
+        if cfg.unet_noise_offset > 0 and step >= cfg.unet_noise_offset_start:
+            noise = offset_noise(noise, cfg.unet_noise_offset, gen)
         z_t = sched.add_noise(z0, noise, t)
         h = te(tokens).last_hidden_state  # (B, L, hidden)
         eps = unet(z_t, t, h).sample
