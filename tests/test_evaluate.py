@@ -272,6 +272,25 @@ def test_shards_split_the_work_and_merge_into_the_unsharded_table(tiny_prior, tm
             parse_shard(bad)
 
 
+def test_rows_name_the_model_by_its_weights(tmp_path):
+    """A retrained model in the same folder never resumes the old rows; the same weights resume from any path."""
+    import shutil
+    from types import SimpleNamespace
+
+    from idsedit.evaluate.runner import model_identity
+
+    a = tmp_path / "a"
+    (a / "unet").mkdir(parents=True)
+    (a / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights-1")
+    (a / "model_index.json").write_text("{}")
+    shutil.copytree(a, tmp_path / "b")
+    ida, idb = model_identity(SimpleNamespace(name=str(a))), model_identity(SimpleNamespace(name=str(tmp_path / "b")))
+    assert ida == idb and ida.startswith("weights:")
+    (a / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights-2")
+    assert model_identity(SimpleNamespace(name=str(a))) != idb
+    assert model_identity(SimpleNamespace(name="org/model")) == "org/model"
+
+
 def test_ablations_on_a_case_subset_and_without_inversion(tiny_prior, tmp_path):
     from idsedit.edit2d import EditConfig
     from idsedit.evaluate import build_runs, make_cases, run_evaluation

@@ -253,6 +253,7 @@ def _residuals(prior, cases, s: dict, out: Path) -> dict:
 
     from ..images import save_json_atomic
     from .diagnostics import fpr_residual_curves
+    from .runner import model_identity
 
     chosen = cases[: s["residual_cases"]]
     n_iters = max([3] + [int(v) for v in s["ablations"].get("fpr_iters", [])])
@@ -262,10 +263,10 @@ def _residuals(prior, cases, s: dict, out: Path) -> dict:
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("cases") == [c.name for c in chosen] and old.get("t") == s["residual_ts"] and \
-                old.get("iters") == n_iters and old.get("lambda") == lam and old.get("model") == prior.name:
+                old.get("iters") == n_iters and old.get("lambda") == lam and old.get("model") == model_identity(prior):
             return old
     curves = fpr_residual_curves(prior, chosen, s["residual_ts"], iters=n_iters, lam=lam, guidance=guidance)
-    curves["model"] = prior.name
+    curves["model"] = model_identity(prior)
     save_json_atomic(curves, path)
     return curves
 

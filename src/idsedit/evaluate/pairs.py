@@ -25,8 +25,8 @@ from PIL import Image
 
 from ..errors import IdseditError
 from ..metrics import capped_psnr, clip_score, latent_psnr, load_clip, load_lpips, lpips_distance, psnr, ssim
-from .runner import (INVERT_SEED_OFFSET, PairedSampler, count_unet, peak_memory, read_rows, run_fingerprint,
-                     store_row)
+from .runner import (INVERT_SEED_OFFSET, PairedSampler, count_unet, model_identity, peak_memory, read_rows,
+                     run_fingerprint, store_row)
 
 
 def pair_seed(index: int, seed: int = 0) -> int:
@@ -83,7 +83,7 @@ def run_pairs(prior, jobs, runs, out: Path, *, invert: bool = True, lpips=None, 
         record = {"image": str(job.image), "source": job.source, "target": job.target,
                   "mask": str(job.mask) if job.mask else None, "seed": pair_seed(i, seed)}
         for run in runs:
-            fp = run_fingerprint(run.record(), record, prior.name, invert)
+            fp = run_fingerprint(run.record(), record, model_identity(prior), invert)
             prev = done.get((name, run.label))
             if prev is not None and prev.get("fingerprint") != fp:
                 raise IdseditError(f"{rows_path} holds a result for {name} / {run.label} made with other settings: "

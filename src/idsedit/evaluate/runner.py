@@ -141,6 +141,38 @@ def run_fingerprint(run_record: dict, case_record: dict, model: str, invert: boo
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def model_identity(prior) -> str:
+    """What a row's fingerprint names the model by: for a local folder its weights' content (a SHA-1 over every
+    weight file's relative name, size and bytes; files over 64 MiB by their first and last 8 MiB), so that a
+    retrained model in the same folder (e.g. a new bundled prior) never resumes the old one's rows, and the same
+    weights resume from any path; otherwise (a hub id) the name itself."""
+    cached = getattr(prior, "_idsedit_identity", None)
+    if cached:
+        return cached
+    name = str(getattr(prior, "name", "") or "")
+    folder = Path(name) if name else None
+    if folder is None or not folder.is_dir():
+        return name
+    h = hashlib.sha1()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+    for path in files:
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(folder).as_posix()}:{size}".encode())
+        with open(path, "rb") as f:
+            if size <= 64 * 2**20:
+                h.update(f.read())
+            else:
+                h.update(f.read(8 * 2**20))
+                f.seek(size - 8 * 2**20)
+                h.update(f.read())
+    identity = f"weights:{h.hexdigest()[:16]}"
+    try:
+        prior._idsedit_identity = identity
+    except AttributeError:
+        pass
+    return identity
+
+
 def read_rows(path: Path, repair: bool = True) -> list[dict]:
     """The complete rows of a rows.jsonl file. Every row is written with its newline in one write, so a line
     without one is a write cut short by a crash: it is dropped and (``repair``) cut off the file so that appending
@@ -476,7 +508,7 @@ def run_evaluation(prior, cases: list[ShapesEditCase], runs: list, out: Path, *,
         for run in runs:
             if not _applies(run, case):
                 continue
-            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), prior.name,
+            fp = run_fingerprint(run.record() | {"config": _seedless(run)}, case.record(), model_identity(prior),
                                  _inverts(run, invert), judge)
             prev = done.get((case.name, run.label))
             if prev is not None and prev.get("fingerprint") != fp:
