@@ -223,7 +223,7 @@ def _main(args) -> int:
         part = f", shard {shard[0] + 1} of {shard[1]}" if shard else ""
         print(f"model: {prior.name}\n{len(cases)} cases x {len(runs)} runs: {n_edits} edits "
               f"({'with' if s['invert'] else 'without'} A->B->A), preset {s['preset']}{part}: {out}", flush=True)
-    if shard is None:
+    if shard is None or not (out / "run.json").is_file():   # shards write it only if no run has
         save_json_atomic({"argv": sys.argv[1:], "settings": s, "model": prior.name,
                           "runs": [r.record() for r in runs], "cases": [c.record() for c in cases]}, out / "run.json")
     from ..mini.evaluator import load_evaluator
