@@ -6,9 +6,10 @@
                of each family (24); A -> B -> A for every main run and the N ablations (the mechanism the
                invertibility claim rests on), not for the other ablations (their question is edit vs keep).
     full       as standard with 25 cases per family (150), ablations on 10 per family (60).
-    drift      where the edits' drift comes from and what helps whom: DDS, CDS, PDS, IDS and IDS-JF on 6 colour and
-               6 shape cases, 200 steps, each also with one remedy at a time (100 steps, a cosine lr decay, t's
-               upper end annealed 949 -> 300, guidance 3), no A -> B -> A; the drift curve every 20 steps.
+    drift      where the edits' drift comes from and what helps whom: DDS, CDS, PDS, IDS and IDS-JF on 4 colour and
+               4 shape cases (one batch), 200 steps, each but CDS also with one remedy at a time (100 steps, a
+               cosine lr decay, t's upper end annealed 949 -> 300, guidance 3; CDS edits as DDS on the mini prior,
+               to 0.01 dB), no A -> B -> A; the drift curve every 20 steps.
     frontier   the cost-quality sweep: DDS and the IDS variants at 25 / 50 / 100 / 200 steps and N = 1, 2
                and every combination (quality against UNet forward-equivalents per edit), 4 cases per family.
 
@@ -54,10 +55,10 @@ PRESETS: dict[str, Preset] = {
                    ablations={"fpr_iters": [0, 1, 2, 5], "fpr_lambda": [0.1, 0.3, 3.0, 10.0], "steps": [100],
                               "guidance": [3.0, 15.0]},
                    ablation_per_family=10, invert_ablations=("fpr_iters",)),
-    "drift": Preset(per_family=6, steps=200, families=("colour", "shape"),
+    "drift": Preset(per_family=4, steps=200, families=("colour", "shape"),
                     methods="no-edit,dds,cds,pds,ids,ids-jf",
                     ablations={"steps": [100], "lr_schedule": ["cosine"], "t_anneal_to": [300], "guidance": [3.0]},
-                    ablate_methods="dds,cds,pds,ids,ids-jf", invert=False, residual_cases=0, grid_cases=6),
+                    ablate_methods="dds,pds,ids,ids-jf", invert=False, residual_cases=0, grid_cases=8),
     "frontier": Preset(per_family=4, steps=200, methods="no-edit,dds,ids,ids-jf,ids-adaptive",
                        ablations={"steps": [25, 50, 100], "fpr_iters": [1, 2]},
                        ablate_methods="dds,ids,ids-jf,ids-adaptive", residual_cases=0, product=True),
