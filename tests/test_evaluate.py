@@ -311,6 +311,8 @@ def test_ablations_on_a_case_subset_and_without_inversion(tiny_prior, tmp_path):
     assert {c for c, lab in got if lab == "ids[N=1]"} == first
     assert all(x.get("invert_psnr") is not None for x in rows if x["label"] != "ids[steps=1]")
     assert all(x.get("invert_psnr") is None for x in rows if x["label"] == "ids[steps=1]")
+    only_dds = {x.label: x for x in limit_ablations(runs, cases, 1, ["fpr_iters"], invert_methods=["dds"])}
+    assert only_dds["dds"].invert and not only_dds["ids"].invert and only_dds["ids[N=1]"].invert
 
 
 def _eval_args(*argv):

@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--invert-ablations", default=None,
                    help="ablated settings whose runs also get A -> B -> A: 'all', 'none' or a list such as "
                         "fpr_iters,fpr_lambda (standard and full: fpr_iters; others: all)")
+    g.add_argument("--invert-methods", default=None,
+                   help="main runs that also get A -> B -> A: 'all' or a list such as dds,ids (standard and full: "
+                        "no-edit,dds,cds,ids,ids-jf; others: all)")
     g.add_argument("--shard", default=None, metavar="I/K",
                    help="run only this process's share (I of K, e.g. 1/2) of the edits into --out, next to the "
                         "other K - 1 processes started with the same flags; once all are done, run the same "
@@ -135,6 +138,7 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "ablation_per_family": (getattr(args, "ablation_n", None) if getattr(args, "ablation_n", None) is not None
                                 else pre.ablation_per_family),
         "invert_ablations": _invert_ablations(getattr(args, "invert_ablations", None), pre.invert_ablations),
+        "invert_methods": _invert_methods(getattr(args, "invert_methods", None), pre.invert_methods),
         "lr": args.lr, "case_seed": args.case_seed, "baseline": args.baseline,
         "view": getattr(args, "view", "default"), "evaluator": getattr(args, "evaluator", None),
     }
@@ -166,6 +170,17 @@ def _invert_ablations(text: str | None, preset_value):
         raise IdseditError(f"--invert-ablations: unknown setting(s) {', '.join(bad)}; use all, none or some of "
                            f"{', '.join(ABLATION_KEYS)}")
     return names
+
+
+def _invert_methods(text: str | None, preset_value):
+    """--invert-methods -> None (every main run) or a list of run labels."""
+    if text is None:
+        return list(preset_value) if preset_value is not None else None
+    if text.strip().lower() == "all":
+        return None
+    from .methods import canonical_key
+
+    return [canonical_key(m) for m in text.split(",") if m.strip()]
 
 
 def base_config(s: dict):
@@ -203,7 +218,7 @@ def _main(args) -> int:
     cases = make_cases(s["families"], s["per_family"], s["case_seed"], s["view"])
     runs = build_runs(parse_methods(s["methods"]), base_config(s), s["ablations"],
                       [m for m in s["ablate_methods"].split(",") if m.strip()], product=s["product"])
-    runs = limit_ablations(runs, cases, s["ablation_per_family"], s["invert_ablations"])
+    runs = limit_ablations(runs, cases, s["ablation_per_family"], s["invert_ablations"], s["invert_methods"])
     shard = parse_shard(getattr(args, "shard", None))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -342,7 +357,9 @@ def _invert_note(s: dict, runs) -> str:
         return "no"
     if all(r.invert for r in runs):
         return "yes"
-    return "main runs" + (f" and the {', '.join(s['invert_ablations'])} ablations" if s["invert_ablations"] else "")
+    main = [r.label for r in runs if r.ablation is None and r.invert]
+    what = "every main run" if all(r.invert for r in runs if r.ablation is None) else ", ".join(main)
+    return what + (f", and the {', '.join(s['invert_ablations'])} ablations" if s["invert_ablations"] else "")
 
 
 def _grid_cases(cases, k: int):

@@ -194,10 +194,11 @@ def build_runs(methods: list[str], base_config, ablations: dict | None = None,
     return runs
 
 
-def limit_ablations(runs: list[EvalRun], cases, per_family: int = 0, invert_settings=None) -> list[EvalRun]:
+def limit_ablations(runs: list[EvalRun], cases, per_family: int = 0, invert_settings=None,
+                    invert_methods=None) -> list[EvalRun]:
     """The ablation runs restricted to the first ``per_family`` cases of each family (0: every case), and
-    inverted (A -> B -> A) only when their setting is in ``invert_settings`` (None: every setting). Other runs
-    are returned unchanged."""
+    inverted (A -> B -> A) only when their setting is in ``invert_settings`` (None: every setting); the other
+    runs inverted only when their label is in ``invert_methods`` (None: every run)."""
     subset = None
     if per_family > 0:
         seen: dict[str, int] = {}
@@ -210,7 +211,8 @@ def limit_ablations(runs: list[EvalRun], cases, per_family: int = 0, invert_sett
     out = []
     for r in runs:
         if r.ablation is None:
-            out.append(r)
+            keep = invert_methods is None or r.label in invert_methods
+            out.append(r if keep == r.invert else dataclasses.replace(r, invert=keep))
             continue
         inv = invert_settings is None or any(k in invert_settings for k in str(r.ablation[0]).split("+"))
         out.append(dataclasses.replace(r, invert=inv, cases=subset))
