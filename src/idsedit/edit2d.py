@@ -152,8 +152,7 @@ def run_latents(prior, z_src: Tensor, cond_src, cond_trg, config: EditConfig, *,
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
-        if config.lr_schedule != "constant":
-            opt.param_groups[0]["lr"] = lr * lr_factor(i, config.steps, config.lr_schedule)
+        opt.param_groups[0]["lr"] = lr * lr_factor(i, config.steps, config.lr_schedule)
         draw = draw_step(sampler, z_src, config.t_min, t_upper(i, config.steps, config.t_max, config.t_anneal_to))
         loss, out = distill_step(prior, config.method, z_src, z_trg, draw, cond_src, cond_trg, config.distill,
                                  sampler, scale=config.loss_scale, weight=config.weight, mask=mask)

@@ -27,7 +27,6 @@ cooperative cancel a web server or an API user needs; the partial result is retu
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Callable
 

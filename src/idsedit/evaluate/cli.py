@@ -68,10 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the automatic rule)")
     g.add_argument("--no-invert", action="store_true", help="skip the A -> B -> A edit (halves the time)")
     g.add_argument("--ablation-n", type=int, default=None,
-                   help="cases per family the ablation runs edit (0: all; standard: 4, full: 10, others: all)")
+                   help="cases per family the ablation runs edit (0: all; standard: 2, full: 5, others: all)")
     g.add_argument("--invert-ablations", default=None,
                    help="ablated settings whose runs also get A -> B -> A: 'all', 'none' or a list such as "
-                        "fpr_iters,fpr_lambda (standard and full: fpr_iters; others: all)")
+                        "fpr_iters,fpr_lambda (standard and full: none; others: all)")
     g.add_argument("--invert-methods", default=None,
                    help="main runs that also get A -> B -> A: 'all' or a list such as dds,ids (standard and full: "
                         "no-edit,dds,cds,ids,ids-jf; others: all)")
@@ -113,8 +113,8 @@ def resolve(args, preset_ablations: bool = True) -> dict:
     rest = lambda v: v[1:] if v else []     # noqa: E731
     ablations = dict(pre.ablations) if preset_ablations else {}
     for key, values in (("fpr_iters", args.fpr_iters), ("fpr_lambda", args.fpr_lambda), ("steps", args.steps),
-                        ("guidance", args.guidance), ("lr_schedule", getattr(args, "lr_schedule", None)),
-                        ("t_anneal_to", getattr(args, "t_anneal_to", None))):
+                        ("guidance", args.guidance), ("lr_schedule", args.lr_schedule),
+                        ("t_anneal_to", args.t_anneal_to)):
         if values is not None:
             ablations[key] = rest(values)
     s = {
@@ -125,8 +125,7 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "steps": first(args.steps, pre.steps),
         "fpr_iters": first(args.fpr_iters, None), "fpr_lambda": first(args.fpr_lambda, None),
         "guidance": first(args.guidance, None),
-        "lr_schedule": first(getattr(args, "lr_schedule", None), None),
-        "t_anneal_to": first(getattr(args, "t_anneal_to", None), None),
+        "lr_schedule": first(args.lr_schedule, None), "t_anneal_to": first(args.t_anneal_to, None),
         "ablations": {k: v for k, v in ablations.items() if v},
         "ablate_methods": args.ablate_methods or pre.ablate_methods,
         "product": pre.product,
@@ -135,10 +134,9 @@ def resolve(args, preset_ablations: bool = True) -> dict:
         "residual_ts": list(pre.residual_ts), "n_boot": pre.n_boot,
         "grid_cases": args.grid_cases if args.grid_cases is not None else pre.grid_cases,
         "invert": not args.no_invert and pre.invert, "batch": args.batch if args.batch is not None else pre.batch,
-        "ablation_per_family": (getattr(args, "ablation_n", None) if getattr(args, "ablation_n", None) is not None
-                                else pre.ablation_per_family),
-        "invert_ablations": _invert_ablations(getattr(args, "invert_ablations", None), pre.invert_ablations),
-        "invert_methods": _invert_methods(getattr(args, "invert_methods", None), pre.invert_methods),
+        "ablation_per_family": args.ablation_n if args.ablation_n is not None else pre.ablation_per_family,
+        "invert_ablations": _invert_ablations(args.invert_ablations, pre.invert_ablations),
+        "invert_methods": _invert_methods(args.invert_methods, pre.invert_methods),
         "lr": args.lr, "case_seed": args.case_seed, "baseline": args.baseline,
         "view": getattr(args, "view", "default"), "evaluator": getattr(args, "evaluator", None),
     }
@@ -189,8 +187,8 @@ def base_config(s: dict):
 
     from ..edit2d import EditConfig
 
-    cfg = EditConfig(steps=s["steps"], lr=s["lr"], lr_schedule=s.get("lr_schedule") or "constant",
-                     t_anneal_to=s.get("t_anneal_to") or None)
+    cfg = EditConfig(steps=s["steps"], lr=s["lr"], lr_schedule=s["lr_schedule"] or "constant",
+                     t_anneal_to=s["t_anneal_to"] or None)
     over = {k: s[k] for k in ("fpr_iters", "fpr_lambda", "guidance") if s[k] is not None}
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **over)) if over else cfg
 
@@ -219,7 +217,7 @@ def _main(args) -> int:
     runs = build_runs(parse_methods(s["methods"]), base_config(s), s["ablations"],
                       [m for m in s["ablate_methods"].split(",") if m.strip()], product=s["product"])
     runs = limit_ablations(runs, cases, s["ablation_per_family"], s["invert_ablations"], s["invert_methods"])
-    shard = parse_shard(getattr(args, "shard", None))
+    shard = parse_shard(args.shard)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise IdseditError(f"--out {out} is a file: name a folder")

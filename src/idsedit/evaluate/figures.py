@@ -147,7 +147,7 @@ def plot_ablations(summary: dict, path: Path, keys=("identity_kept", "target_rea
     for label, s in summary.items():
         if s.get("ablation") and s["ablation"][0] in ABLATION_KEYS:   # one-factor ablations only
             setting, value = s["ablation"]
-            if not isinstance(value, (int, float)) or setting in NON_NUMERIC:   # lr schedules: in the tables only
+            if setting in NON_NUMERIC:   # lr schedules and annealing: in the tables only
                 continue
             groups.setdefault((s["base"], setting), []).append((float(value), label))
     if not groups:

@@ -191,6 +191,23 @@ def _diff_cell(s: dict | None, kind: str) -> str:
     return f"{scale * s['mean']:+.1f} [{scale * s['lo']:+.1f}, {scale * s['hi']:+.1f}]{unit}{sig}"
 
 
+def _run_row(label: str, s: dict, cols: list[str]) -> str:
+    """One row of a per-run table: n, then each metric's mean [CI] (no CI for the cost columns)."""
+    return f"| {label} | {s['n']} | " + " | ".join(_cell(s.get(k), METRICS[k][1], k not in COST_METRICS)
+                                                for k in cols) + " |"
+
+
+def _diff_table(title: str, diffs: dict) -> list[str]:
+    """A paired-differences table: its heading, then one row per run with n and each metric's mean [CI]."""
+    dcols = [k for k in PAIRED_METRICS if any(k in d for d in diffs.values())]
+    lines = ["", title, "", "| run | n | " + " | ".join(METRICS[k][0] for k in dcols) + " |",
+             "|---|---|" + "---|" * len(dcols)]
+    for label, d in diffs.items():
+        n = next(iter(d.values()))["n"] if d else 0
+        lines.append(f"| {label} | {n} | " + " | ".join(_diff_cell(d.get(k), METRICS[k][1]) for k in dcols) + " |")
+    return lines
+
+
 def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: str | None, header: dict,
                      cases: list[dict], ablation_summary: dict | None = None,
                      ablation_diffs: dict | None = None) -> str:
@@ -203,33 +220,20 @@ def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: st
     cols = [k for k in METRICS if any(k in s for s in summary.values())]
     lines.append("| run | n | " + " | ".join(METRICS[k][0] for k in cols) + " |")
     lines.append("|---|---|" + "---|" * len(cols))
-    for label, s in summary.items():
-        lines.append(f"| {label} | {s['n']} | " + " | ".join(_cell(s.get(k), METRICS[k][1], k not in COST_METRICS)
-                                                          for k in cols) + " |")
+    lines += [_run_row(label, s, cols) for label, s in summary.items()]
     if ablation_summary:
         bases = {s["base"] for s in ablation_summary.values() if s.get("ablation")}
         n_abl = max((s["n"] for s in ablation_summary.values() if s.get("ablation")), default=0)
         lines += ["", f"## Ablations on their {n_abl} cases, each next to its base run on the same cases", "",
                   "| run | n | " + " | ".join(METRICS[k][0] for k in cols) + " |", "|---|---|" + "---|" * len(cols)]
-        for label, s in ablation_summary.items():
-            if s.get("ablation") or label in bases:
-                lines.append(f"| {label} | {s['n']} | " + " | ".join(
-                    _cell(s.get(k), METRICS[k][1], k not in COST_METRICS) for k in cols) + " |")
+        lines += [_run_row(label, s, cols) for label, s in ablation_summary.items()
+                  if s.get("ablation") or label in bases]
     if ablation_diffs:
-        dcols = [k for k in PAIRED_METRICS if any(k in d for d in ablation_diffs.values())]
-        lines += ["", "## Ablations minus their base run (same cases), mean [95% CI]; * = CI excludes 0", "",
-                  "| run | n | " + " | ".join(METRICS[k][0] for k in dcols) + " |", "|---|---|" + "---|" * len(dcols)]
-        for label, d in ablation_diffs.items():
-            n = next(iter(d.values()))["n"] if d else 0
-            lines.append(f"| {label} | {n} | " + " | ".join(_diff_cell(d.get(k), METRICS[k][1]) for k in dcols) + " |")
+        lines += _diff_table("## Ablations minus their base run (same cases), mean [95% CI]; * = CI excludes 0",
+                             ablation_diffs)
     if baseline and diffs:
-        dcols = [k for k in PAIRED_METRICS if any(k in d for d in diffs.values())]
-        lines += ["", f"## Paired differences: run minus {baseline} (same cases), mean [95% CI]; * = CI excludes 0",
-                  "", "| run | n | " + " | ".join(METRICS[k][0] for k in dcols) + " |",
-                  "|---|---|" + "---|" * len(dcols)]
-        for label, d in diffs.items():
-            n = next(iter(d.values()))["n"] if d else 0
-            lines.append(f"| {label} | {n} | " + " | ".join(_diff_cell(d.get(k), METRICS[k][1]) for k in dcols) + " |")
+        lines += _diff_table(f"## Paired differences: run minus {baseline} (same cases), mean [95% CI]; * = CI "
+                             "excludes 0", diffs)
     fams = list(dict.fromkeys(f for fam in families.values() for f in fam))
     if fams:
         lines += ["", "## Per edit family: target reached / identity kept", "",

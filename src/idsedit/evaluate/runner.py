@@ -433,15 +433,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _all_rows(out: Path, own: Path) -> list[dict]:
-    """Rows of ``rows.jsonl`` and every shard's rows file. Only ``own`` (the file this process appends to) is
-    repaired (a torn last line cut off); another shard's torn line may be a write in progress, so it is only
-    skipped."""
+    """Rows of ``rows.jsonl`` and every shard's rows file. ``own`` (the file this process appends to) and
+    ``rows.jsonl`` (no process appends to it while shards run) are repaired (a torn last line cut off); another
+    shard's torn line may be a write in progress, so it is only skipped."""
     rows = []
     for path in [out / ROWS_FILE] + sorted(out.glob("rows.shard*of*.jsonl")):
-        if path == own or path == out / ROWS_FILE:
-            rows += read_rows(path)
-        elif path.is_file():
-            rows += read_rows(path, repair=False)
+        rows += read_rows(path, repair=path in (own, out / ROWS_FILE))
     return rows
 
 
