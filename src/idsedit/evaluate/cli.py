@@ -294,6 +294,7 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     from ..images import atomic_path, save_image_atomic, save_json_atomic
     from . import figures
     from .cases import render_image
+    from .claims import claims_markdown, judge_claims
     from .report import (ablation_differences, family_table, frontier, markdown_summary, paired_differences, rows_csv,
                          summarize)
 
@@ -318,15 +319,18 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
         abl_summary = summarize([r for r in rows if r["case"] in abl_cases], n_boot=s["n_boot"])
         header["ablations"] = (f"on {len(abl_cases)} cases ({s['ablation_per_family']} per family); their table and "
                                "plot compare each with its base run on the same cases")
+    claims = judge_claims(rows, n_boot=s["n_boot"])
+    measured = [c for c in claims if c["verdict"] != "not measured"]
     md = markdown_summary(summary, diffs, fams, baseline=baseline, header=header, cases=[c.record() for c in cases],
                           ablation_summary=abl_summary if abl_cases is not None else None,
-                          ablation_diffs=ablation_differences(rows, n_boot=s["n_boot"]))
+                          ablation_diffs=ablation_differences(rows, n_boot=s["n_boot"]),
+                          claims=claims_markdown(claims) if measured else None)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(md)
     with atomic_path(out / "rows.csv") as tmp:
         tmp.write_text(rows_csv(rows))
     save_json_atomic({"settings": s, "model": model, "baseline": baseline, "summary": summary,
-                      "paired_differences": diffs, "families": fams, "frontier": frontier(summary),
+                      "paired_differences": diffs, "families": fams, "frontier": frontier(summary), "claims": claims,
                       "runs": [r.record() for r in runs],
                       "cases": [c.record() for c in cases]}, out / "summary.json")
     size = 64

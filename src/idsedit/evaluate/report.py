@@ -210,12 +210,15 @@ def _diff_table(title: str, diffs: dict) -> list[str]:
 
 def markdown_summary(summary: dict, diffs: dict, families: dict, *, baseline: str | None, header: dict,
                      cases: list[dict], ablation_summary: dict | None = None,
-                     ablation_diffs: dict | None = None) -> str:
+                     ablation_diffs: dict | None = None, claims: list[str] | None = None) -> str:
     """The summary as markdown: settings, main table, paired differences, per family, kept per attribute, cases.
     ``ablation_summary`` (ablations run on a subset of the cases): the summary of those cases only, shown as its
-    own table of the ablation runs next to their base runs."""
+    own table of the ablation runs next to their base runs. ``claims``: markdown lines put after the settings
+    (idsedit.evaluate.claims.claims_markdown)."""
     lines = ["# idsedit eval", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
+    if claims:
+        lines += [""] + claims
     lines += ["", "## Per run: mean [bootstrap 95% CI] over edits", ""]
     cols = [k for k in METRICS if any(k in s for s in summary.values())]
     lines.append("| run | n | " + " | ".join(METRICS[k][0] for k in cols) + " |")

@@ -1,0 +1,178 @@
+"""The paper's five claims, each judged on the rows by paired bootstrap 95% CIs, with rules fixed in advance.
+
+A paired difference "a - b" is taken over the cases both runs edited (what a case does to both cancels); it is
+*higher* when its CI lies above 0, *lower* when below, *no difference shown* when the CI contains 0. Verdicts:
+
+    holds           every primary test goes the claim's way and no guard goes against it
+    partly          the primary tests go the claim's way, a guard or a secondary part is not shown
+    not shown       a primary test's CI contains 0 (these cases cannot tell)
+    does not hold   a primary test goes against the claim
+    not measured    the runs it needs are not in the rows
+
+1. IDS preserves identity better than CDS and DDS.
+   Primary: PSNR outside the object to the source, ids - dds and ids - cds, both higher.
+   Guards: target reached and attributes kept are not lower (a method wins identity cheaply by editing less).
+2. IDS edits are invertible where DDS's are not.
+   Primary: A -> B -> A PSNR to A in pixels, ids - dds higher. Guard: the same in latents is not lower.
+3. N = 3 FPR iterations suffice, with diminishing returns (ablation cases).
+   Primary: ids (N = 3) - ids[N=0] higher on PSNR outside (the iterations do something: N = 0 is DDS) and
+   ids[N=5] - ids not higher (two more iterations add nothing shown). Secondary: the mean gain per added
+   iteration shrinks (N 0->1 >= 1->2 >= 2->3).
+4. lambda trades editing against preservation; large lambda over-preserves (ablation cases).
+   Primary: ids[lambda=<largest>] - ids[lambda=<smallest>] higher on PSNR outside.
+   Secondary: the same difference lower on target reached (editing stops at large lambda).
+5. IDS at 100 steps beats DDS at 200 (ablation cases).
+   Primary: ids[steps=100] - dds higher on PSNR outside. Guards: target reached and attributes kept not lower.
+   Context, not part of the verdict: dds[steps=100] - dds (what halving the steps does on its own) and
+   ids[steps=100] - dds[steps=100].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ..metrics import paired_bootstrap_ci
+from .report import _value
+
+HIGHER, LOWER, SAME = "higher", "lower", "no difference shown"
+
+
+def paired(rows: list[dict], a: str, b: str, key: str, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """{"a", "b", "metric", "mean", "lo", "hi", "n", "direction"}: run a minus run b on ``key`` over the cases both
+    ran (None when they share no case or the metric is missing)."""
+    by = {(r["case"], r["label"]): r for r in rows}
+    cases = [c for (c, lab) in by if lab == a and (c, b) in by]
+    if not cases:
+        return None
+    x = [_value(by[(c, a)], key) for c in cases]
+    y = [_value(by[(c, b)], key) for c in cases]
+    if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
+        return None
+    m, lo, hi = paired_bootstrap_ci(x, y, n_boot=n_boot, seed=seed)
+    direction = HIGHER if lo > 0 else LOWER if hi < 0 else SAME
+    return {"a": a, "b": b, "metric": key, "mean": m, "lo": lo, "hi": hi, "n": len(cases), "direction": direction}
+
+
+def _ablation_values(rows: list[dict], base: str, name: str) -> dict[float, str]:
+    """{value: label} of the ablation runs ``base[name=value]`` in the rows."""
+    pat = re.compile(re.escape(base) + r"\[" + re.escape(name) + r"=([-0-9.e+]+)\]$")
+    out = {}
+    for lab in dict.fromkeys(r["label"] for r in rows):
+        m = pat.match(lab)
+        if m:
+            out[float(m.group(1))] = lab
+    return out
+
+
+def _verdict(primary: list[dict | None], guards: list[dict | None] = (), secondary_ok: bool = True) -> str:
+    if not primary or any(p is None for p in primary):
+        return "not measured"
+    if any(p["direction"] == LOWER for p in primary):
+        return "does not hold"
+    if any(p["direction"] == SAME for p in primary):
+        return "not shown"
+    if any(g is not None and g["direction"] == LOWER for g in guards) or not secondary_ok:
+        return "partly"
+    return "holds"
+
+
+def judge_claims(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """The five claims of the module docstring: [{"claim", "verdict", "primary", "guards", "context", "note"}]."""
+    def d(a, b, key):
+        return paired(rows, a, b, key, n_boot=n_boot, seed=seed)
+
+    out = []
+    # 1. identity
+    prim = [d("ids", "dds", "psnr_outside"), d("ids", "cds", "psnr_outside")]
+    guards = [d("ids", o, k) for o in ("dds", "cds") for k in ("target_reached", "kept_fraction")]
+    out.append({"claim": "IDS preserves identity better than CDS and DDS", "verdict": _verdict(prim, guards),
+                "primary": prim, "guards": [g for g in guards if g], "context": [], "note": ""})
+    # 2. invertibility
+    prim = [d("ids", "dds", "invert_psnr")]
+    guards = [d("ids", "dds", "invert_latent_psnr")]
+    context = [d("ids", "cds", "invert_psnr"), d("dds", "no-edit", "invert_psnr"), d("ids", "no-edit", "invert_psnr")]
+    out.append({"claim": "IDS edits are invertible where DDS's are not", "verdict": _verdict(prim, guards),
+                "primary": prim, "guards": [g for g in guards if g], "context": [c for c in context if c], "note": ""})
+    # 3. N = 3 suffices
+    n_runs = {**_ablation_values(rows, "ids", "N"), 3.0: "ids"}
+    prim = [d("ids", n_runs[0.0], "psnr_outside") if 0.0 in n_runs else None,
+            d(n_runs[5.0], "ids", "psnr_outside") if 5.0 in n_runs else None]
+    note, ok = "", True
+    if prim[1] is not None:   # "N = 5 adds nothing shown" is the claim's direction: flip the test's sense
+        flipped = dict(prim[1])
+        flipped["direction"] = {HIGHER: LOWER, SAME: HIGHER, LOWER: HIGHER}[prim[1]["direction"]]
+        prim = [prim[0], flipped]
+    steps = [n for n in (0.0, 1.0, 2.0, 3.0) if n in n_runs]
+    if len(steps) == 4:
+        gains = [d(n_runs[b], n_runs[a], "psnr_outside") for a, b in zip(steps, steps[1:])]
+        if all(gains):
+            means = [g["mean"] for g in gains]
+            ok = means[0] >= means[1] >= means[2]
+            note = "gain per added iteration (PSNR outside, dB): " + ", ".join(
+                f"N {a:g}->{b:g}: {g['mean']:+.2f}" for a, b, g in zip(steps, steps[1:], gains))
+    out.append({"claim": "N = 3 FPR iterations suffice, with diminishing returns", "verdict": _verdict(prim, (), ok),
+                "primary": [p for p in prim if p], "guards": [],
+                "context": [c for c in (d(n_runs[k], "ids", "target_reached") for k in sorted(n_runs) if k != 3.0) if c],
+                "note": note})
+    # 4. lambda trade-off
+    lam = {**_ablation_values(rows, "ids", "lambda"), 1.0: "ids"}
+    lo_l, hi_l = min(lam), max(lam)
+    prim = [d(lam[hi_l], lam[lo_l], "psnr_outside")] if len(lam) > 1 else [None]
+    edit = d(lam[hi_l], lam[lo_l], "target_reached") if len(lam) > 1 else None
+    ok = edit is not None and edit["direction"] == LOWER
+    note = ""
+    if len(lam) > 1:
+        note = "means by lambda (PSNR outside dB / target reached): " + ", ".join(
+            f"{v:g}: {_mean(rows, lam[v], 'psnr_outside', lam):.2f} / "
+            f"{100 * _mean(rows, lam[v], 'target_reached', lam):.0f}%" for v in sorted(lam))
+    out.append({"claim": "lambda trades editing against preservation (large lambda over-preserves)",
+                "verdict": _verdict(prim, (), ok), "primary": prim if prim[0] else [],
+                "guards": [edit] if edit else [], "context": [], "note": note})
+    # 5. IDS@100 vs DDS@200
+    i100 = _ablation_values(rows, "ids", "steps").get(100.0)
+    d100 = _ablation_values(rows, "dds", "steps").get(100.0)
+    prim = [d(i100, "dds", "psnr_outside") if i100 else None]
+    guards = [d(i100, "dds", k) for k in ("target_reached", "kept_fraction")] if i100 else []
+    context = [d(d100, "dds", "psnr_outside"), d(i100, d100, "psnr_outside")] if (i100 and d100) else []
+    out.append({"claim": "IDS at 100 steps beats DDS at 200", "verdict": _verdict(prim, guards),
+                "primary": [p for p in prim if p], "guards": [g for g in guards if g],
+                "context": [c for c in context if c], "note": ""})
+    return out
+
+
+def _mean(rows: list[dict], label: str, key: str, group: dict) -> float:
+    """Mean of ``key`` for ``label`` over the cases every run of ``group`` edited."""
+    labels = set(group.values())
+    per = {}
+    for r in rows:
+        if r["label"] in labels:
+            per.setdefault(r["case"], {})[r["label"]] = r
+    vals = [_value(v[label], key) for v in per.values() if len(v) == len(labels)]
+    vals = [v for v in vals if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _fmt_diff(p: dict) -> str:
+    pct = p["metric"] in ("target_reached", "identity_kept", "kept_fraction")
+    s, unit = (100, " pp") if pct else (1, " dB")
+    name = {"psnr_outside": "PSNR outside", "invert_psnr": "A->B->A PSNR", "invert_latent_psnr": "A->B->A latent PSNR",
+            "target_reached": "target reached", "kept_fraction": "attributes kept"}.get(p["metric"], p["metric"])
+    return (f"{p['a']} - {p['b']}, {name}: {s * p['mean']:+.2f} [{s * p['lo']:+.2f}, {s * p['hi']:+.2f}]{unit}"
+            f" (n = {p['n']})")
+
+
+_KIND = {"primary": "test", "guards": "guard", "context": "context"}
+
+
+def claims_markdown(claims: list[dict]) -> list[str]:
+    """The claims as a markdown section: one line per claim with its verdict, then its evidence."""
+    lines = ["## The paper's claims, judged here (paired 95% CIs; rules in idsedit.evaluate.claims)", ""]
+    for i, c in enumerate(claims, 1):
+        lines.append(f"{i}. **{c['claim']}: {c['verdict']}.**")
+        for kind in ("primary", "guards", "context"):
+            for p in c[kind]:
+                lines.append(f"   - {_KIND[kind]}: {_fmt_diff(p)}")
+        if c["note"]:
+            lines.append(f"   - {c['note']}")
+    return lines
