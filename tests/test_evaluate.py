@@ -273,6 +273,27 @@ def test_shards_split_the_work_and_merge_into_the_unsharded_table(tiny_prior, tm
             parse_shard(bad)
 
 
+def test_a_narrower_run_merging_shards_keeps_the_other_runs_rows(tiny_prior, tmp_path):
+    """Shards of dds+ids, then an unsharded run of dds only over the same folder: it reports dds, and the ids rows
+    move into rows.jsonl too instead of being deleted with the shard files (a later dds+ids run resumes them)."""
+    from idsedit.edit2d import EditConfig
+    from idsedit.evaluate import build_runs, make_cases, run_evaluation
+    from idsedit.evaluate.runner import parse_shard, read_rows
+
+    cases = make_cases(["colour"], 2, seed=1)
+    runs = build_runs(["dds", "ids"], EditConfig(steps=1))
+    out, kw = tmp_path / "e", dict(progress=False, batch=1)
+    for i in ("1/2", "2/2"):
+        run_evaluation(tiny_prior, cases, runs, out, shard=parse_shard(i), **kw)
+    dds_only = run_evaluation(tiny_prior, cases, runs[:1], out, **kw)
+    assert [r["label"] for r in dds_only] == ["dds", "dds"]
+    kept = read_rows(out / "rows.jsonl")
+    assert [r["key"] for r in kept][:2] == [r["key"] for r in dds_only] and len(kept) == 4
+    redone = []
+    run_evaluation(tiny_prior, cases, runs, out, on_row=redone.append, **kw)
+    assert redone == []
+
+
 def test_rows_name_the_model_by_its_weights(tmp_path):
     """A retrained model in the same folder never resumes the old rows; the same weights resume from any path."""
     import shutil
@@ -356,6 +377,9 @@ def test_quick_preset_end_to_end_writes_every_output(tmp_path, capsys):
     assert "ids" in summary["paired_differences"] and summary["baseline"] == "dds"
     md = (out / "summary.md").read_text()
     assert "| ids |" in md and "Paired differences" in md and "colour+shape-0-000" in md
+    claims = {c["claim"]: c["verdict"] for c in summary["claims"]}
+    assert len(claims) == 5 and "The paper's claims" in md and "IDS at 100 steps beats DDS at 200" in claims
+    assert claims["IDS at 100 steps beats DDS at 200"] == "not measured"   # quick has no 100-step ablation
     csv_lines = (out / "rows.csv").read_text().splitlines()
     assert len(csv_lines) == len(rows) + 1 and csv_lines[0].startswith("case,family,label")
     from PIL import Image

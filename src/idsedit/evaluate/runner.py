@@ -443,7 +443,8 @@ def _all_rows(out: Path, own: Path) -> list[dict]:
 
 
 def merge_shard_rows(out: Path, keys: list[tuple[str, str]]) -> int:
-    """Move the shard files' rows into ``rows.jsonl`` (in plan order ``keys``; rows already there stay) and delete
+    """Move the shard files' rows into ``rows.jsonl`` (the plan's ``keys`` first, in plan order; then any other
+    run's rows, in file order, so a narrower run over the folder loses none; rows already there stay) and delete
     the shard files. Returns the number of rows moved. Called by an unsharded run once every shard is done."""
     rows_path = out / ROWS_FILE
     shard_files = sorted(out.glob("rows.shard*of*.jsonl"))
@@ -455,7 +456,7 @@ def merge_shard_rows(out: Path, keys: list[tuple[str, str]]) -> int:
         for r in read_rows(path, repair=False):
             found.setdefault((r["case"], r["label"]), r)
     moved = 0
-    for key in keys:
+    for key in list(dict.fromkeys(keys)) + [k for k in found if k not in set(keys)]:
         if key in found and key not in have:
             append_row(rows_path, found[key])
             have.add(key)
