@@ -39,13 +39,13 @@ def test_batch_sampler_stacks_each_cases_own_draws():
         batch.randn_like(torch.zeros(2, 4))
 
 
-@pytest.mark.parametrize("name", ["sds", "dds", "pds", "pds@authors", "ids", "ids-jf"])
+@pytest.mark.parametrize("name", ["sds", "dds", "cds", "pds", "pds@authors", "ids", "ids-jf", "ids+cut"])
 def test_batched_edit_equals_separate_edits(tiny_prior, name):
     """The final latents of a batch of 3 equal 3 separate edits (to float tolerance), for every batchable run;
     the FPR residuals recorded per case equal the unbatched edit's own."""
     from idsedit.distill import DistillConfig
     from idsedit.edit2d import EditConfig, edit_latents
-    from idsedit.evaluate.batching import BatchPrior, BatchSampler, batchable, stack_conds
+    from idsedit.evaluate.batching import BatchPrior, BatchSampler, batch_config, batchable, stack_conds
     from idsedit.evaluate.methods import make_run
     from idsedit.evaluate.runner import PairedSampler
 
@@ -62,10 +62,11 @@ def test_batched_edit_equals_separate_edits(tiny_prior, name):
                                   callback=lambda i, z, d, out: norms.append(out.info.get("fpr_norms"))))
         alone_norms.append(norms)
     z_src = torch.cat([c.z_src for c in ctxs])
-    bprior = BatchPrior(tiny_prior, z_src, record=True)
+    cond_src = stack_conds([c.cond_src for c in ctxs])
+    bprior = BatchPrior(tiny_prior, z_src, record=True, cond_src=cond_src)
     batched_norms = []
-    cfg = dataclasses.replace(run.config, loss_scale=run.config.loss_scale * len(ctxs))
-    z = edit_latents(bprior, z_src, stack_conds([c.cond_src for c in ctxs]), stack_conds([c.cond_trg for c in ctxs]),
+    cfg = batch_config(run.config, len(ctxs))
+    z = edit_latents(bprior, z_src, cond_src, stack_conds([c.cond_trg for c in ctxs]),
                      cfg, sampler=BatchSampler([PairedSampler(c.case.seed, run.t_grid) for c in ctxs]),
                      callback=lambda i, z, d, out: batched_norms.append(bprior.take_residuals()))
     moved = max(float((a - c.z_src).abs().max()) for a, c in zip(alone, ctxs))
@@ -78,16 +79,21 @@ def test_batched_edit_equals_separate_edits(tiny_prior, name):
         for k in range(len(ctxs)):
             for step in range(4):
                 assert batched_norms[step][k] == pytest.approx(alone_norms[k][step], rel=1e-5)
-    # without the x K on the loss scale each case would take 1/K of its step
-    z_mean = edit_latents(tiny_prior, z_src,
-                          stack_conds([c.cond_src for c in ctxs]), stack_conds([c.cond_trg for c in ctxs]),
-                          run.config, sampler=BatchSampler([PairedSampler(c.case.seed, run.t_grid) for c in ctxs]))
-    assert not torch.allclose(z_mean[:1], alone[0], rtol=1e-3, atol=1e-3 * moved)
+    # without the x K on the loss scale (and CUT weight) each case would take 1/K of its step
+    for unscaled in (run.config, dataclasses.replace(cfg, distill=run.config.distill)):
+        if unscaled.method == "ids" and not unscaled.distill.with_cut and unscaled is not run.config:
+            continue                                       # no CUT term: cut_weight is not used
+        if unscaled.method in ("sds", "dds", "pds") and unscaled is not run.config:
+            continue
+        z_mean = edit_latents(tiny_prior, z_src,
+                              stack_conds([c.cond_src for c in ctxs]), stack_conds([c.cond_trg for c in ctxs]),
+                              unscaled, sampler=BatchSampler([PairedSampler(c.case.seed, run.t_grid) for c in ctxs]))
+        assert not torch.allclose(z_mean[:1], alone[0], rtol=1e-3, atol=1e-3 * moved)
 
 
 def test_unbatchable_runs_and_rows(tiny_prior):
-    """run_edits: batched rows equal unbatched rows (same fields, same UNet work per case, same t); CDS and
-    adaptive FPR (one permutation / one stopping iteration for the whole batch) run one case at a time."""
+    """run_edits: batched rows equal unbatched rows (same fields, same UNet work per case, same t); adaptive FPR
+    (one stopping iteration for the whole batch) runs one case at a time."""
     from idsedit.edit2d import EditConfig
     from idsedit.evaluate.batching import batchable
     from idsedit.evaluate.methods import make_run
@@ -96,7 +102,7 @@ def test_unbatchable_runs_and_rows(tiny_prior):
 
     ev = load_evaluator()
     ctxs = _contexts(tiny_prior)
-    for name in ("cds", "ids+cut", "ids-adaptive", "no-edit"):
+    for name in ("ids-adaptive", "no-edit"):
         assert not batchable(make_run(name, EditConfig(steps=2)), tiny_prior), name
     run = make_run("ids", EditConfig(steps=3))
     rows = [r for r, _ in run_edits(tiny_prior, ctxs, run, ev, invert=True, trace_every=1)]
@@ -108,10 +114,15 @@ def test_unbatchable_runs_and_rows(tiny_prior):
         assert [a["case"], a["label"], a["kept"], a["reached"]] == [b["case"], b["label"], b["kept"], b["reached"]]
         for key in ("psnr_outside", "psnr_target", "invert_psnr", "invert_latent_psnr"):
             assert a[key] == pytest.approx(b[key], rel=1e-3), key
+    adaptive = make_run("ids-adaptive", EditConfig(steps=2))
+    for (a, _), c in zip(run_edits(tiny_prior, ctxs, adaptive, ev, invert=False), ctxs):
+        b, _ = run_edit(tiny_prior, c, adaptive, ev, invert=False)
+        assert a["batch"] == 1 and a["psnr_outside"] == b["psnr_outside"] and a["unet"] == b["unet"]
     cds = make_run("cds", EditConfig(steps=2))
     for (a, _), c in zip(run_edits(tiny_prior, ctxs, cds, ev, invert=False), ctxs):
         b, _ = run_edit(tiny_prior, c, cds, ev, invert=False)
-        assert a["batch"] == 1 and a["psnr_outside"] == b["psnr_outside"] and a["unet"] == b["unet"]
+        assert (a["batch"], b["batch"]) == (3, 1) and a["unet"] == b["unet"]
+        assert a["psnr_outside"] == pytest.approx(b["psnr_outside"], rel=1e-3)
 
 
 def test_batched_evaluation_resumes_bit_for_bit(tiny_prior, tmp_path):

@@ -107,7 +107,9 @@ def patch_nce(q: Tensor, k: Tensor, tau: float) -> Tensor:
 
 
 def cut_loss(f_src: Tensor, f_trg: Tensor, hw: tuple[int, int], cfg, sampler) -> Tensor:
-    """Sum over patch sizes of the mean PatchNCE between (B, h*w, C) features; one permutation per patch size.
+    """Sum over patch sizes of the mean PatchNCE between (B, h*w, C) features, divided by B; one permutation per
+    patch size, shared by the B rows (the views of one scene), or one per row when the sampler draws per sample
+    (``sampler.permutation_per_sample``: a batch of independent edits, idsedit.evaluate.batching).
 
     Everything after the features (pooling, normalisation, logits / tau, cross-entropy) runs in fp32.
     """
@@ -121,8 +123,12 @@ def cut_loss(f_src: Tensor, f_trg: Tensor, hw: tuple[int, int], cfg, sampler) ->
         g = F.avg_pool2d(trg, ps) if ps > 1 else trg
         s = F.normalize(s, dim=1).permute(0, 2, 3, 1).flatten(1, 2)     # (B, N, C)
         g = F.normalize(g, dim=1).permute(0, 2, 3, 1).flatten(1, 2)
-        ids = sampler.permutation(s.shape[1], device=s.device)[: min(cfg.n_patches, s.shape[1])]
+        k = min(cfg.n_patches, s.shape[1])
+        per_sample = getattr(sampler, "permutation_per_sample", None)
+        perms = per_sample(s.shape[1], device=s.device) if per_sample else [sampler.permutation(s.shape[1],
+                                                                                              device=s.device)] * b
         for i in range(b):
+            ids = perms[i][:k]
             loss = loss + patch_nce(s[i, ids], g[i, ids], cfg.nce_tau).mean() / b
     return loss
 

@@ -18,10 +18,14 @@ What stays exactly as in K separate edits (``tests/test_eval_batching.py`` check
   Jacobian-free step is per sample. The per-case residuals (the row's ``fpr`` field) are recomputed from each FPR
   call's eps by :class:`BatchPrior` (the method's own ``fpr_norms`` are sums over the batch).
 
-Which runs batch (:func:`batchable`): SDS, DDS, PDS and IDS with exact or Jacobian-free FPR. Not CDS and IDS+CUT
-(the PatchNCE loss draws one patch permutation for the whole batch and contrasts patches across it), not adaptive
-FPR (it stops all samples at the same iteration, from the summed residual), not SDXL (pooled embeddings); those run
-one case at a time.
+- CDS's and IDS+CUT's PatchNCE term. It contrasts patches within each sample, so the only shared parts are the
+  patch permutation and the mean over the batch: :meth:`BatchSampler.permutation_per_sample` gives each case the
+  permutations its own sampler would draw alone, and :func:`batch_config` multiplies ``cut_weight`` by K as it does
+  ``loss_scale``.
+
+Which runs batch (:func:`batchable`): SDS, DDS, CDS, PDS and IDS with exact or Jacobian-free FPR, with or without
+CUT. Not adaptive FPR (it stops all samples at the same iteration, from the summed residual), not SDXL (pooled
+embeddings); those run one case at a time.
 """
 
 from __future__ import annotations
@@ -37,9 +41,18 @@ def batchable(run, prior) -> bool:
     if run.variant == "none" or getattr(prior, "is_sdxl", False):
         return False
     cfg = run.config
-    if cfg.method in ("sds", "dds", "pds"):
+    if cfg.method in ("sds", "dds", "cds", "pds"):
         return True
-    return cfg.method == "ids" and not cfg.distill.with_cut and cfg.distill.fpr_mode in ("exact", "jacobian-free")
+    return cfg.method == "ids" and cfg.distill.fpr_mode in ("exact", "jacobian-free")
+
+
+def batch_config(config, k: int):
+    """The EditConfig of a batch of k independent edits: the loss's mean over the batch (``loss_scale``, and
+    ``cut_weight`` for the PatchNCE term) multiplied by k, so each case takes its own official step."""
+    import dataclasses
+
+    return dataclasses.replace(config, seed=None, loss_scale=config.loss_scale * k,
+                               distill=dataclasses.replace(config.distill, cut_weight=config.distill.cut_weight * k))
 
 
 class BatchSampler:
@@ -58,17 +71,24 @@ class BatchSampler:
         return torch.cat([s.randn_like(x[k:k + 1]) for k, s in enumerate(self.samplers)])
 
     def permutation(self, n: int, device="cpu"):
-        raise RuntimeError("a batched edit cannot draw one permutation per case: run this method unbatched")
+        raise RuntimeError("a batched edit draws one permutation per case (permutation_per_sample), not one shared")
+
+    def permutation_per_sample(self, n: int, device="cpu") -> list[Tensor]:
+        """Each case's next permutation of range(n), from the stream it would use alone."""
+        return [s.permutation(n, device=device) for s in self.samplers]
 
 
 class _RowsOfPrompts:
     """Stand-in for ``Cond.embeds`` of K prompts: ``[r:r + 1]`` gives row r (0: negative, 1: prompt) of every
-    prompt, (K, L, D), which :meth:`idsedit.prior.Prior.eps` expands to the batch of K (a no-op)."""
+    prompt, (K, L, D), which :meth:`idsedit.prior.Prior.eps` expands to the batch of K (a no-op); a list of rows
+    (``[0, 0]``: CDS's unconditional Cond) gives the stand-in of those rows."""
 
-    def __init__(self, embeds: list[Tensor]):
-        self.stack = torch.stack(list(embeds))            # (K, 2, L, D)
+    def __init__(self, embeds: list[Tensor] | Tensor):
+        self.stack = embeds if isinstance(embeds, Tensor) else torch.stack(list(embeds))   # (K, 2, L, D)
 
     def __getitem__(self, rows):
+        if isinstance(rows, list):
+            return _RowsOfPrompts(self.stack[:, rows])
         if not (isinstance(rows, slice) and rows.stop == rows.start + 1):
             raise IndexError("stacked prompt embeddings are read one row kind at a time ([r:r + 1])")
         return self.stack[:, rows.start]
@@ -83,11 +103,12 @@ def stack_conds(conds: list):
 
 class BatchPrior:
     """The prior, with ``eps`` also recording each FPR call's per-sample residual ||z_src[k] - z0_hat[k]||
-    (calls with one latent and ``record`` on: IDS's FPR calls; the final delta-score call has two). Everything
-    else is the prior's."""
+    (with ``record`` on, the calls with one latent conditioned on ``cond_src``: IDS's FPR calls; the final
+    delta-score call has two latents, IDS+CUT's target call is conditioned on the target). Everything else is the
+    prior's."""
 
-    def __init__(self, prior, z_src: Tensor, record: bool = False):
-        self._prior, self._z_src, self._record = prior, z_src, record
+    def __init__(self, prior, z_src: Tensor, record: bool = False, cond_src=None):
+        self._prior, self._z_src, self._record, self._cond_src = prior, z_src, record, cond_src
         self.residuals: list[list[float]] = []   # per FPR call of the current step: K residuals
 
     def __getattr__(self, name):
@@ -95,7 +116,7 @@ class BatchPrior:
 
     def eps(self, z_ts, t, conds, guidance):
         out = self._prior.eps(z_ts, t, conds, guidance)
-        if self._record and len(z_ts) == 1:
+        if self._record and len(z_ts) == 1 and (self._cond_src is None or conds[0] is self._cond_src):
             with torch.no_grad():
                 z = z_ts[0].detach()
                 ab = self._prior.alpha_bar(t, z.ndim)

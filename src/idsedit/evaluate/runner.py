@@ -361,23 +361,22 @@ def run_edits(prior, ctxs: list[CaseContext], run, evaluator, *, invert: bool = 
     else one by one; returns [(row, image)] in the order of ``ctxs``.
 
     Each case's row is the one :func:`run_edit` gives (to float tolerance; see :mod:`idsedit.evaluate.batching`):
-    its own t and noise, its own step (``loss_scale`` x K undoes the loss's mean over views), its own FPR
+    its own t and noise, its own step (:func:`batching.batch_config`: ``loss_scale`` and ``cut_weight`` x K undo the loss's mean
+    over views), its own FPR
     residuals, and the UNet work it would do alone (calls as alone, samples and backward samples / K, so ``fe``
     is unchanged). ``seconds`` and ``invert_seconds`` are the batch's wall time / K (amortised); ``batch`` = K.
     """
-    import dataclasses
-
-    from .batching import BatchPrior, BatchSampler, batchable, stack_conds
+    from .batching import BatchPrior, BatchSampler, batch_config, batchable, stack_conds
 
     k = len(ctxs)
     if k == 1 or not batchable(run, prior):
         return [run_edit(prior, c, run, evaluator, invert=invert, trace_every=trace_every) for c in ctxs]
-    config = dataclasses.replace(run.config, seed=None, loss_scale=run.config.loss_scale * k)
+    config = batch_config(run.config, k)
     z_src = torch.cat([c.z_src for c in ctxs])
     cond_src, cond_trg = stack_conds([c.cond_src for c in ctxs]), stack_conds([c.cond_trg for c in ctxs])
     traces = [([], []) for _ in ctxs]
     fprs = [([], []) for _ in ctxs]
-    bprior = BatchPrior(prior, z_src, record=config.method == "ids")
+    bprior = BatchPrior(prior, z_src, record=config.method == "ids", cond_src=cond_src)
 
     def on_step(i, z, draw, out):
         per_case = bprior.take_residuals()
