@@ -16,7 +16,7 @@ def _rows(values: dict[str, dict[str, float]], noise: float = 0.1, seed: int = 0
     rows = []
     for label, metrics in values.items():
         for c in CASES:
-            r = {"case": c, "label": label}
+            r = {"case": c, "label": label, "family": "colour" if c in CASES[:6] else "shape"}
             for k, v in metrics.items():
                 r[k] = v if k in ("target_reached",) else v + noise * rng.standard_normal()
             rows.append(r)
@@ -120,3 +120,13 @@ def test_markdown_names_each_claim_with_its_evidence():
     m = re.search(r"test: ids - dds, A->B->A PSNR: \+([0-9.]+) \[", text)
     assert m and float(m.group(1)) == pytest.approx(6.0, abs=0.1)
     assert "test: ids[N=5] - ids, PSNR outside" in text
+
+
+def test_identity_claim_notes_the_difference_by_family():
+    v = _holding()
+    rows = _rows(v, noise=0.0)
+    for r in rows:
+        if r["label"] == "ids" and r["family"] == "shape":
+            r["target_reached"] = 0.0
+    note = judge_claims(rows, n_boot=100)[0]["note"]
+    assert note == "ids - dds by family (PSNR outside dB / target reached pp, n): colour +3.00 / +0 (6), shape +3.00 / -100 (6)"

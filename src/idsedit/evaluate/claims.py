@@ -87,7 +87,8 @@ def judge_claims(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list
     prim = [d("ids", "dds", "psnr_outside"), d("ids", "cds", "psnr_outside")]
     guards = [d("ids", o, k) for o in ("dds", "cds") for k in ("target_reached", "kept_fraction")]
     out.append({"claim": "IDS preserves identity better than CDS and DDS", "verdict": _verdict(prim, guards),
-                "primary": prim, "guards": [g for g in guards if g], "context": [], "note": ""})
+                "primary": prim, "guards": [g for g in guards if g], "context": [],
+                "note": by_family(rows, "ids", "dds")})
     # 2. invertibility
     prim = [d("ids", "dds", "invert_psnr")]
     guards = [d("ids", "dds", "invert_latent_psnr")]
@@ -139,6 +140,23 @@ def judge_claims(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list
                 "primary": [p for p in prim if p], "guards": [g for g in guards if g],
                 "context": [c for c in context if c], "note": ""})
     return out
+
+
+def by_family(rows: list[dict], a: str, b: str) -> str:
+    """Mean paired differences a - b per edit family (PSNR outside, target reached), as one line ('' if none)."""
+    by = {(r["case"], r["label"]): r for r in rows}
+    fams: dict[str, list[tuple[float, float]]] = {}
+    for (c, lab), r in by.items():
+        if lab == a and (c, b) in by:
+            o = by[(c, b)]
+            fams.setdefault(r.get("family", "?"), []).append(
+                (_value(r, "psnr_outside") - _value(o, "psnr_outside"),
+                 _value(r, "target_reached") - _value(o, "target_reached")))
+    if not fams:
+        return ""
+    return f"{a} - {b} by family (PSNR outside dB / target reached pp, n): " + ", ".join(
+        f"{f} {sum(d for d, _ in v) / len(v):+.2f} / {100 * sum(t for _, t in v) / len(v):+.0f} ({len(v)})"
+        for f, v in fams.items())
 
 
 def _mean(rows: list[dict], label: str, key: str, group: dict) -> float:
