@@ -130,3 +130,16 @@ def test_identity_claim_notes_the_difference_by_family():
             r["target_reached"] = 0.0
     note = judge_claims(rows, n_boot=100)[0]["note"]
     assert note == "ids - dds by family (PSNR outside dB / target reached pp, n): colour +3.00 / +0 (6), shape +3.00 / -100 (6)"
+
+
+def test_identity_context_on_the_cases_both_runs_edited():
+    v = _holding()
+    rows = _rows(v, noise=0.0)
+    for r in rows:   # DDS misses the target on the first 4 cases
+        if r["label"] == "dds" and r["case"] in CASES[:4]:
+            r["target_reached"] = 0.0
+    ctx = judge_claims(rows, n_boot=100)[0]["context"]
+    first = ctx[0]
+    assert (first["b"], first["metric"], first["n"]) == ("dds", "psnr_outside", len(CASES) - 4)
+    assert first["mean"] == pytest.approx(3.0) and "both reached" in first["subset"]
+    assert "on the cases both reached the target" in "\n".join(claims_markdown(judge_claims(rows, n_boot=100)))
