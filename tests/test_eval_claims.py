@@ -117,9 +117,14 @@ def test_steps_claim_and_missing_runs():
 def test_markdown_names_each_claim_with_its_evidence():
     text = "\n".join(claims_markdown(judge_claims(_rows(_holding()), n_boot=300)))
     assert text.count("**") == 10 and "holds.**" in text
-    m = re.search(r"test: ids - dds, A->B->A PSNR: \+([0-9.]+) \[", text)
+    m = re.search(r"test \(must be higher\): ids - dds, A->B->A PSNR: \+([0-9.]+) \[", text)
     assert m and float(m.group(1)) == pytest.approx(6.0, abs=0.1)
-    assert "test: ids[N=5] - ids, PSNR outside" in text
+    assert "test (must not be higher): ids[N=5] - ids, PSNR outside" in text
+    v = _holding()
+    v["ids[lambda=10]"] = {**v["ids[lambda=10]"], "target_reached": 1.0}
+    text = "\n".join(claims_markdown(judge_claims(_rows(v), n_boot=300)))
+    assert "secondary (must be lower): ids[lambda=10] - ids[lambda=0.1], target reached" in text
+    assert "target reached: +0.00 [+0.00, +0.00] pp (n = 12) - not shown" in text
 
 
 def test_identity_claim_notes_the_difference_by_family():

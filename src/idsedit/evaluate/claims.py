@@ -72,82 +72,92 @@ def _ablation_values(rows: list[dict], base: str, name: str) -> dict[float, str]
     return out
 
 
-def _verdict(primary: list[dict | None], guards: list[dict | None] = (), secondary_ok: bool = True) -> str:
+def _expect(p: dict | None, expect: str) -> dict | None:
+    """``p`` with the direction the claim expects ("higher", "lower", "not higher", "not lower") and ``met``: True,
+    False (the CI goes against it) or None (the CI contains 0 where a direction is needed)."""
+    if p is None:
+        return None
+    d = p["direction"]
+    met = {"higher": {HIGHER: True, LOWER: False}.get(d), "lower": {LOWER: True, HIGHER: False}.get(d),
+           "not higher": d != HIGHER, "not lower": d != LOWER}[expect]
+    return p | {"expect": expect, "met": met}
+
+
+def _verdict(primary: list[dict | None], others: list[dict | None] = (), secondary_ok: bool = True) -> str:
+    """Primary tests decide holds / not shown / does not hold; a guard or secondary test not met makes "partly"."""
     if not primary or any(p is None for p in primary):
         return "not measured"
-    if any(p["direction"] == LOWER for p in primary):
+    if any(p["met"] is False for p in primary):
         return "does not hold"
-    if any(p["direction"] == SAME for p in primary):
+    if any(p["met"] is None for p in primary):
         return "not shown"
-    if any(g is not None and g["direction"] == LOWER for g in guards) or not secondary_ok:
+    if any(g is not None and g["met"] is not True for g in others) or not secondary_ok:
         return "partly"
     return "holds"
 
 
 def judge_claims(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """The five claims of the module docstring: [{"claim", "verdict", "primary", "guards", "context", "note"}]."""
-    def d(a, b, key):
-        return paired(rows, a, b, key, n_boot=n_boot, seed=seed)
+    """The five claims of the module docstring: [{"claim", "verdict", "primary", "guards", "secondary", "context",
+    "note"}]; each test carries its expected direction ("expect") and whether it was met ("met")."""
+    def d(a, b, key, expect=None):
+        p = paired(rows, a, b, key, n_boot=n_boot, seed=seed) if a and b else None
+        return _expect(p, expect) if expect else p
+
+    def claim(text, prim, guards=(), secondary=(), context=(), note="", secondary_ok=True):
+        return {"claim": text, "verdict": _verdict(prim, list(guards) + list(secondary), secondary_ok),
+                "primary": [p for p in prim if p], "guards": [g for g in guards if g],
+                "secondary": [g for g in secondary if g], "context": [c for c in context if c], "note": note}
 
     out = []
     # 1. identity
-    prim = [d("ids", "dds", "psnr_outside"), d("ids", "cds", "psnr_outside")]
-    guards = [d("ids", o, k) for o in ("dds", "cds") for k in ("target_reached", "kept_fraction")]
-    context = [paired(rows, "ids", o, k, n_boot=n_boot, seed=seed, both_reached=True)
-               for o in ("dds", "cds") for k in ("psnr_outside", "kept_fraction")]
-    out.append({"claim": "IDS preserves identity better than CDS and DDS", "verdict": _verdict(prim, guards),
-                "primary": prim, "guards": [g for g in guards if g], "context": [c for c in context if c],
-                "note": by_family(rows, "ids", "dds")})
+    out.append(claim(
+        "IDS preserves identity better than CDS and DDS",
+        [d("ids", "dds", "psnr_outside", "higher"), d("ids", "cds", "psnr_outside", "higher")],
+        guards=[d("ids", o, k, "not lower") for o in ("dds", "cds") for k in ("target_reached", "kept_fraction")],
+        context=[paired(rows, "ids", o, k, n_boot=n_boot, seed=seed, both_reached=True)
+                 for o in ("dds", "cds") for k in ("psnr_outside", "kept_fraction")],
+        note=by_family(rows, "ids", "dds")))
     # 2. invertibility
-    prim = [d("ids", "dds", "invert_psnr")]
-    guards = [d("ids", "dds", "invert_latent_psnr")]
-    context = [d("ids", "cds", "invert_psnr"), d("dds", "no-edit", "invert_psnr"), d("ids", "no-edit", "invert_psnr")]
-    out.append({"claim": "IDS edits are invertible where DDS's are not", "verdict": _verdict(prim, guards),
-                "primary": prim, "guards": [g for g in guards if g], "context": [c for c in context if c], "note": ""})
+    out.append(claim(
+        "IDS edits are invertible where DDS's are not", [d("ids", "dds", "invert_psnr", "higher")],
+        guards=[d("ids", "dds", "invert_latent_psnr", "not lower")],
+        context=[d("ids", "cds", "invert_psnr"), d("dds", "no-edit", "invert_psnr"),
+                 d("ids", "no-edit", "invert_psnr")]))
     # 3. N = 3 suffices
     n_runs = {**_ablation_values(rows, "ids", "N"), 3.0: "ids"}
-    prim = [d("ids", n_runs[0.0], "psnr_outside") if 0.0 in n_runs else None,
-            d(n_runs[5.0], "ids", "psnr_outside") if 5.0 in n_runs else None]
     note, ok = "", True
-    if prim[1] is not None:   # "N = 5 adds nothing shown" is the claim's direction: flip the test's sense
-        flipped = dict(prim[1])
-        flipped["direction"] = {HIGHER: LOWER, SAME: HIGHER, LOWER: HIGHER}[prim[1]["direction"]]
-        prim = [prim[0], flipped]
     steps = [n for n in (0.0, 1.0, 2.0, 3.0) if n in n_runs]
     if len(steps) == 4:
         gains = [d(n_runs[b], n_runs[a], "psnr_outside") for a, b in zip(steps, steps[1:])]
         if all(gains):
             means = [g["mean"] for g in gains]
             ok = means[0] >= means[1] >= means[2]
-            note = "gain per added iteration (PSNR outside, dB): " + ", ".join(
+            note = "gain per added iteration (PSNR outside, dB; secondary: must shrink): " + ", ".join(
                 f"N {a:g}->{b:g}: {g['mean']:+.2f}" for a, b, g in zip(steps, steps[1:], gains))
-    out.append({"claim": "N = 3 FPR iterations suffice, with diminishing returns", "verdict": _verdict(prim, (), ok),
-                "primary": [p for p in prim if p], "guards": [],
-                "context": [c for c in (d(n_runs[k], "ids", "target_reached") for k in sorted(n_runs) if k != 3.0) if c],
-                "note": note})
+    out.append(claim(
+        "N = 3 FPR iterations suffice, with diminishing returns",
+        [d("ids", n_runs.get(0.0), "psnr_outside", "higher"), d(n_runs.get(5.0), "ids", "psnr_outside", "not higher")],
+        context=[d(n_runs[k], "ids", "target_reached") for k in sorted(n_runs) if k != 3.0],
+        note=note, secondary_ok=ok))
     # 4. lambda trade-off
     lam = {**_ablation_values(rows, "ids", "lambda"), 1.0: "ids"}
     lo_l, hi_l = min(lam), max(lam)
-    prim = [d(lam[hi_l], lam[lo_l], "psnr_outside")] if len(lam) > 1 else [None]
-    edit = d(lam[hi_l], lam[lo_l], "target_reached") if len(lam) > 1 else None
-    ok = edit is not None and edit["direction"] == LOWER
     note = ""
     if len(lam) > 1:
         note = "means by lambda (PSNR outside dB / target reached): " + ", ".join(
             f"{v:g}: {_mean(rows, lam[v], 'psnr_outside', lam):.2f} / "
             f"{100 * _mean(rows, lam[v], 'target_reached', lam):.0f}%" for v in sorted(lam))
-    out.append({"claim": "lambda trades editing against preservation (large lambda over-preserves)",
-                "verdict": _verdict(prim, (), ok), "primary": prim if prim[0] else [],
-                "guards": [edit] if edit else [], "context": [], "note": note})
+    big, small = (lam[hi_l], lam[lo_l]) if len(lam) > 1 else (None, None)
+    out.append(claim(
+        "lambda trades editing against preservation (large lambda over-preserves)",
+        [d(big, small, "psnr_outside", "higher")], secondary=[d(big, small, "target_reached", "lower")], note=note))
     # 5. IDS@100 vs DDS@200
     i100 = _ablation_values(rows, "ids", "steps").get(100.0)
     d100 = _ablation_values(rows, "dds", "steps").get(100.0)
-    prim = [d(i100, "dds", "psnr_outside") if i100 else None]
-    guards = [d(i100, "dds", k) for k in ("target_reached", "kept_fraction")] if i100 else []
-    context = [d(d100, "dds", "psnr_outside"), d(i100, d100, "psnr_outside")] if (i100 and d100) else []
-    out.append({"claim": "IDS at 100 steps beats DDS at 200", "verdict": _verdict(prim, guards),
-                "primary": [p for p in prim if p], "guards": [g for g in guards if g],
-                "context": [c for c in context if c], "note": ""})
+    out.append(claim(
+        "IDS at 100 steps beats DDS at 200", [d(i100, "dds", "psnr_outside", "higher")],
+        guards=[d(i100, "dds", k, "not lower") for k in ("target_reached", "kept_fraction")],
+        context=[d(d100, "dds", "psnr_outside"), d(i100, d100, "psnr_outside")]))
     return out
 
 
@@ -190,17 +200,21 @@ def _fmt_diff(p: dict) -> str:
             f"{unit} (n = {p['n']})")
 
 
-_KIND = {"primary": "test", "guards": "guard", "context": "context"}
+_KIND = {"primary": "test", "guards": "guard", "secondary": "secondary", "context": "context"}
 
 
 def claims_markdown(claims: list[dict]) -> list[str]:
-    """The claims as a markdown section: one line per claim with its verdict, then its evidence."""
+    """The claims as a markdown section: one line per claim with its verdict, then its evidence (each test with
+    the direction it must go and, where it is not met, "not met" or "not shown")."""
     lines = ["## The paper's claims, judged here (paired 95% CIs; rules in idsedit.evaluate.claims)", ""]
     for i, c in enumerate(claims, 1):
         lines.append(f"{i}. **{c['claim']}: {c['verdict']}.**")
-        for kind in ("primary", "guards", "context"):
-            for p in c[kind]:
-                lines.append(f"   - {_KIND[kind]}: {_fmt_diff(p)}")
+        for kind in ("primary", "guards", "secondary", "context"):
+            for p in c.get(kind, ()):
+                e = p.get("expect", "")
+                expect = f" (must {'not be ' + e[4:] if e.startswith('not ') else 'be ' + e})" if e else ""
+                status = {False: " - not met", None: " - not shown"}.get(p.get("met"), "") if "expect" in p else ""
+                lines.append(f"   - {_KIND[kind]}{expect}: {_fmt_diff(p)}{status}")
         if c["note"]:
             lines.append(f"   - {c['note']}")
     return lines
