@@ -34,8 +34,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..metrics import paired_bootstrap_ci
-from .report import _value
+from .report import _value, paired_metric, rows_by_case
 
 HIGHER, LOWER, SAME = "higher", "lower", "no difference shown"
 
@@ -45,19 +44,15 @@ def paired(rows: list[dict], a: str, b: str, key: str, *, n_boot: int = 2000, se
     """{"a", "b", "metric", "mean", "lo", "hi", "n", "direction"}: run a minus run b on ``key`` over the cases both
     ran (``both_reached``: and both reached the target; "subset" is then set). None when they share no case or the
     metric is missing."""
-    by = {(r["case"], r["label"]): r for r in rows}
+    by = rows_by_case(rows)
     cases = [c for (c, lab) in by if lab == a and (c, b) in by]
     if both_reached:
         cases = [c for c in cases if by[(c, a)].get("target_reached") and by[(c, b)].get("target_reached")]
-    if not cases:
+    p = paired_metric(by, a, b, key, cases, n_boot=n_boot, seed=seed) if cases else None
+    if p is None:
         return None
-    x = [_value(by[(c, a)], key) for c in cases]
-    y = [_value(by[(c, b)], key) for c in cases]
-    if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
-        return None
-    m, lo, hi = paired_bootstrap_ci(x, y, n_boot=n_boot, seed=seed)
-    direction = HIGHER if lo > 0 else LOWER if hi < 0 else SAME
-    out = {"a": a, "b": b, "metric": key, "mean": m, "lo": lo, "hi": hi, "n": len(cases), "direction": direction}
+    direction = HIGHER if p["lo"] > 0 else LOWER if p["hi"] < 0 else SAME
+    out = {"a": a, "b": b, "metric": key, **p, "direction": direction}
     return out | {"subset": "cases both reached the target"} if both_reached else out
 
 
@@ -163,7 +158,7 @@ def judge_claims(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list
 
 def by_family(rows: list[dict], a: str, b: str) -> str:
     """Mean paired differences a - b per edit family (PSNR outside, target reached), as one line ('' if none)."""
-    by = {(r["case"], r["label"]): r for r in rows}
+    by = rows_by_case(rows)
     fams: dict[str, list[tuple[float, float]]] = {}
     for (c, lab), r in by.items():
         if lab == a and (c, b) in by:

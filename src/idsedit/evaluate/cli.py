@@ -295,8 +295,8 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
     from . import figures
     from .cases import render_image
     from .claims import claims_markdown, judge_claims
-    from .report import (ablation_differences, family_table, frontier, markdown_summary, paired_differences, rows_csv,
-                         summarize)
+    from .report import (ablation_differences, family_table, frontier, markdown_summary, paired_differences,
+                         rows_by_case, rows_csv, summarize)
 
     summary = summarize(rows, n_boot=s["n_boot"])
     labels = list(summary)
@@ -334,7 +334,7 @@ def write_report(out: Path, rows: list[dict], cases, runs, s: dict, model: str, 
                       "runs": [r.record() for r in runs],
                       "cases": [c.record() for c in cases]}, out / "summary.json")
     size = 64
-    by = {(r["case"], r["label"]): r for r in rows}
+    by = rows_by_case(rows)
     main = [r.label for r in runs if not r.ablation]
     shown = _grid_cases(cases, s["grid_cases"])
     grid_rows = []

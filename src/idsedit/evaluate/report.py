@@ -80,9 +80,26 @@ def summarize(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
     return out
 
 
+def rows_by_case(rows: list[dict]) -> dict:
+    """{(case, label): row}: the index every paired comparison looks rows up in."""
+    return {(r["case"], r["label"]): r for r in rows}
+
+
+def paired_metric(by: dict, a: str, b: str, key: str, cases: list, *, n_boot: int = 2000,
+                  seed: int = 0) -> dict | None:
+    """{"mean", "lo", "hi", "n"}: run ``a`` minus run ``b`` on ``key`` over ``cases`` (each edited by both), the
+    mean of x_c - y_c with its paired bootstrap 95% CI; None when either run lacks the metric on every case."""
+    x = [_value(by[(c, a)], key) for c in cases]
+    y = [_value(by[(c, b)], key) for c in cases]
+    if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
+        return None
+    m, lo, hi = paired_bootstrap_ci(x, y, n_boot=n_boot, seed=seed)
+    return {"mean": m, "lo": lo, "hi": hi, "n": len(cases)}
+
+
 def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """{label: {metric: {"mean", "lo", "hi", "n"}}}: label minus ``baseline`` on the cases both ran."""
-    by = {(r["case"], r["label"]): r for r in rows}
+    by = rows_by_case(rows)
     base_cases = [c for (c, lab) in by if lab == baseline]
     out = {}
     for label in labels_in_order(rows):
@@ -91,15 +108,8 @@ def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, s
         cases = [c for c in base_cases if (c, label) in by]
         if not cases:
             continue
-        d = {}
-        for key in PAIRED_METRICS:
-            a = [_value(by[(c, label)], key) for c in cases]
-            b = [_value(by[(c, baseline)], key) for c in cases]
-            if all(math.isnan(v) for v in a) or all(math.isnan(v) for v in b):
-                continue
-            m, lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
-            d[key] = {"mean": m, "lo": lo, "hi": hi, "n": len(cases)}
-        out[label] = d
+        d = {key: paired_metric(by, label, baseline, key, cases, n_boot=n_boot, seed=seed) for key in PAIRED_METRICS}
+        out[label] = {k: v for k, v in d.items() if v is not None}
     return out
 
 
