@@ -187,6 +187,21 @@ def test_fp16_export_loads_as_fp32(trained, tmp_path):
     assert "scene</w>" in prior.pipe.tokenizer.get_vocab()
 
 
+def test_lr_points_polyline():
+    from idsedit.errors import IdseditError
+    from idsedit.mini.train import lr_points_factor, parse_lr_points
+
+    pts = parse_lr_points("100:0.1,200:0.5,400:0.5,500:0.05")
+    assert pts == [(100, 0.1), (200, 0.5), (400, 0.5), (500, 0.05)] and parse_lr_points(" ") == []
+    assert lr_points_factor(99, pts) is None and lr_points_factor(5, []) is None
+    assert lr_points_factor(100, pts) == pytest.approx(0.1) and lr_points_factor(150, pts) == pytest.approx(0.3)
+    assert lr_points_factor(300, pts) == pytest.approx(0.5) and lr_points_factor(450, pts) == pytest.approx(0.275)
+    assert lr_points_factor(500, pts) == pytest.approx(0.05) == lr_points_factor(9999, pts)
+    for bad in ("100:0.1,100:0.2", "1:-1", "a:b", "100"):
+        with pytest.raises(IdseditError):
+            parse_lr_points(bad)
+
+
 def test_cooldown_factor_closed_form():
     from idsedit.mini.train import cooldown_factor
 

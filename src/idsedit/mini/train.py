@@ -88,6 +88,9 @@ class TrainConfig:
     unet_cooldown_frac: float = 0.1  # final lr fraction of the cool-down
     unet_noise_offset: float = 0.0  # >0: offset noise (noise + o * a per-sample, per-channel constant) ...
     unet_noise_offset_start: int = 0  # ... from this UNet step on (the fine-tune that teaches the low frequencies)
+    unet_lr_points: str = ""  # "step:frac,...": from the first point on, lr = unet_lr x the piecewise-linear frac
+    #                           through them (flat after the last); overrides warm-up and cool-down (a fine-tune's
+    #                           own schedule, e.g. "14550:0.1,14750:0.5,17000:0.5,18500:0.05")
     model: MiniModelConfig = field(default_factory=MiniModelConfig)  # network sizes
 
     def to_dict(self) -> dict:
@@ -111,6 +114,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise IdseditError(f"unknown --world {cfg.world!r}; use one of {', '.join(WORLDS)}")
     if cfg.unet_noise_offset < 0:
         raise IdseditError(f"unet_noise_offset must be >= 0, got {cfg.unet_noise_offset}")
+    parse_lr_points(cfg.unet_lr_points)
     if not 0.0 <= cfg.default_share <= 1.0:
         raise IdseditError(f"default_share must be in [0, 1], got {cfg.default_share}")
 
@@ -133,6 +137,30 @@ def cooldown_factor(step: int, start: int, steps: int, final: float) -> float:
     if start <= 0 or steps <= 0 or step < start:
         return 1.0
     return 1.0 - (1.0 - final) * min(1.0, (step - start) / steps)
+
+
+def parse_lr_points(spec: str) -> list[tuple[int, float]]:
+    """"s1:f1,s2:f2,..." -> [(s1, f1), ...] with increasing steps and fractions >= 0 ("" -> [])."""
+    if not spec.strip():
+        return []
+    try:
+        pts = [(int(a), float(b)) for a, b in (item.split(":") for item in spec.split(","))]
+    except ValueError as e:
+        raise IdseditError(f"unet_lr_points must look like '14550:0.1,14750:0.5' (step:fraction,...), got {spec!r}") from e
+    if any(b[0] <= a[0] for a, b in zip(pts, pts[1:])) or any(f < 0 for _, f in pts):
+        raise IdseditError(f"unet_lr_points needs increasing steps and fractions >= 0, got {spec!r}")
+    return pts
+
+
+def lr_points_factor(step: int, points: list[tuple[int, float]]) -> float | None:
+    """The lr fraction at ``step`` on the polyline through ``points`` (flat after the last point); None before the
+    first point (or with no points): the base schedule applies there."""
+    if not points or step < points[0][0]:
+        return None
+    for (s0, f0), (s1, f1) in zip(points, points[1:]):
+        if step < s1:
+            return f0 + (f1 - f0) * (step - s0) / (s1 - s0)
+    return points[-1][1]
 
 
 def offset_noise(noise, offset: float, gen):
@@ -703,6 +731,7 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         log_heldout()
     bar = tqdm(desc="unet", unit="step", initial=meta["step"], file=sys.stderr, mininterval=10)
     B = cfg.unet_batch
+    lr_points = parse_lr_points(cfg.unet_lr_points)
     while _keep_going(cfg, meta["step"], t0):
         step = meta["step"]
         rng, gen = step_rng(cfg.seed, step, 0), torch_gen(cfg.seed, step, 1)
@@ -722,8 +751,12 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         eps = unet(z_t, t, h).sample
         w = min_snr_weights(alphas, t, cfg.snr_gamma)  # (B,)
         loss = (w * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        lr = lr_at(step - max(meta.get("fresh_moments_at", [0])), cfg.unet_lr, cfg.warmup_steps)
-        lr *= cooldown_factor(step, cfg.unet_cooldown_start, cfg.unet_cooldown_steps, cfg.unet_cooldown_frac)
+        frac = lr_points_factor(step, lr_points)
+        if frac is not None:
+            lr = cfg.unet_lr * frac
+        else:
+            lr = lr_at(step - max(meta.get("fresh_moments_at", [0])), cfg.unet_lr, cfg.warmup_steps)
+            lr *= cooldown_factor(step, cfg.unet_cooldown_start, cfg.unet_cooldown_steps, cfg.unet_cooldown_frac)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
