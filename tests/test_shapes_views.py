@@ -145,3 +145,14 @@ def test_background_is_named_only_where_it_is_visible():
     side = SceneParams(objects=p.objects, floor_color="blue", background="white", camera=DEFAULT_CAMERA)
     assert view_caption(side, template="{color} {shape} with a {background} background") == \
         "a red cube with a white background"
+
+
+def test_sample_scenes_views():
+    from idsedit.shapes.views import is_default_view, sample_scenes
+
+    default = sample_scenes(np.random.default_rng(0), 20, "default")
+    around = sample_scenes(np.random.default_rng(0), 40, "multiview")
+    assert len(default) == 20 and all(is_default_view(s) for s in default)
+    assert len(around) == 40 and 0 < sum(is_default_view(s) for s in around) < 40
+    with pytest.raises(IdseditError, match="views must be"):
+        sample_scenes(np.random.default_rng(0), 1, "sideways")

@@ -45,17 +45,10 @@ def load_model(path: str | Path):
 def heldout_renders(n: int, views: str = "multiview", seed: int = 424242, size: int = 64):
     """``n`` held-out scenes (a seed no training uses) -> (uint8 images (n, size, size, 3), canonical captions,
     camera elevations)."""
-    from idsedit.shapes import caption, render_batch, sample_scene
+    from idsedit.shapes import caption, render_batch
+    from idsedit.shapes.views import sample_scenes
 
-    rng = np.random.default_rng(seed)
-    if views == "multiview":
-        from idsedit.shapes.views import sample_view_scene
-
-        scenes = [sample_view_scene(rng) for _ in range(n)]
-    elif views == "default":
-        scenes = [sample_scene(rng) for _ in range(n)]
-    else:
-        raise ValueError(f"views must be 'multiview' or 'default', got {views!r}")
+    scenes = sample_scenes(np.random.default_rng(seed), n, views)
     images = np.clip(np.round(render_batch(scenes, size=size) * 255), 0, 255).astype(np.uint8)
     return images, [caption(s) for s in scenes], np.array([s.camera.elevation for s in scenes])
 

@@ -178,19 +178,12 @@ def attribute_accuracy(ev, images: np.ndarray, named: list[dict]) -> dict:
 def heldout_psnr(vae, n: int, seed: int = 12345, views: str = "default") -> float:
     """Mean VAE reconstruction PSNR (dB, posterior mean) on ``n`` fresh renders never seen in training: the default
     camera (``views="default"``, v1's set) or the mini prior v2's cameras (``"multiview"``: 25% default camera)."""
-    from idsedit.shapes import render_batch, sample_scene
+    from idsedit.shapes import render_batch
+    from idsedit.shapes.views import sample_scenes
 
     from .train import vae_psnr
 
-    rng = np.random.default_rng(seed)
-    if views == "multiview":
-        from idsedit.shapes.views import sample_view_scene
-
-        scenes = [sample_view_scene(rng) for _ in range(n)]
-    elif views == "default":
-        scenes = [sample_scene(rng) for _ in range(n)]
-    else:
-        raise ValueError(f"views must be 'default' or 'multiview', got {views!r}")
+    scenes = sample_scenes(np.random.default_rng(seed), n, views)
     images = np.clip(np.round(render_batch(scenes, size=64) * 255), 0, 255)
     return vae_psnr(vae, images.astype(np.uint8))
 

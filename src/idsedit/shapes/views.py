@@ -121,6 +121,16 @@ def sample_view_scene(rng: np.random.Generator, default_share: float = DEFAULT_S
     return view_scene(p, sample_camera(rng, p.main, ranges))
 
 
+def sample_scenes(rng: np.random.Generator, n: int, views: str = "multiview") -> list[SceneParams]:
+    """``n`` scenes seen from the mini prior v2's cameras (``views="multiview"``: :func:`sample_view_scene`) or from
+    the default camera only (``"default"``: v1's world)."""
+    if views == "multiview":
+        return [sample_view_scene(rng) for _ in range(n)]
+    if views == "default":
+        return [sample_scene(rng) for _ in range(n)]
+    raise IdseditError(f"views must be 'multiview' or 'default', got {views!r}")
+
+
 def is_default_view(params: SceneParams) -> bool:
     """True when the scene is seen from the default 2D camera."""
     return params.camera == DEFAULT_CAMERA
