@@ -2,7 +2,7 @@
 and ``cli_main(args)``, registered in :data:`PLUGINS` and imported only when selected:
 
     idsedit edit cat.png --source "a cat" --target "a pig" --method ids     # idsedit.edit_cli
-    idsedit bench | demo | train-mini | eval | scene | ui                   # their own modules
+    idsedit bench | demo | train-mini | eval | compare | scene | ui         # their own modules
 
 Error policy (for every command): anything the user can cause (bad file, bad flag value, missing model) is an
 ``IdseditError`` and prints ``error: <one line>`` with exit code 1 and no traceback; so does an OSError from a
@@ -29,6 +29,7 @@ PLUGINS = {
     "demo": ("idsedit.demo", "a quick demonstration edit with the bundled mini prior"),
     "train-mini": ("idsedit.mini.train", "train the bundled mini prior on the shapes world"),
     "eval": ("idsedit.evaluate", "evaluate edits (success, identity, invertibility)"),
+    "compare": ("idsedit.evaluate.compare", "two evaluations of the same cases, paired: B - A with bootstrap CIs"),
     "scene": ("idsedit.scene.cli", "fit, edit and render radiance-field scenes (NeRF)"),
     "ui": ("idsedit.ui", "a local web app for editing (Gradio)"),
 }
