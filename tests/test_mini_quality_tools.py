@@ -72,6 +72,9 @@ def test_attribute_accuracy_on_ground_truth_renders():
     wrong = [dict(d, color="gray" if d["color"] != "gray" else "red") if i < 6 else d for i, d in enumerate(named)]
     res = attribute_accuracy(ev, ims, wrong)
     assert res["color_acc"] == pytest.approx(18 / 24) and res["all_named_acc"] == pytest.approx(18 / 24)
+    bare = [{"color": d["color"], "shape": d["shape"]} for d in named[:3]]   # no floor or background named anywhere
+    res = attribute_accuracy(ev, ims[:3], bare)
+    assert res["floor_acc"] is None and res["floor_n"] == 0 and res["all_named_acc"] == 1.0
 
 
 def test_attribute_samples_are_saved_and_judged_again_without_resampling(tmp_path):

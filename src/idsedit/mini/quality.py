@@ -166,7 +166,7 @@ def attribute_accuracy(ev, images: np.ndarray, named: list[dict]) -> dict:
     res, all_ok = {}, np.ones(len(images), dtype=bool)
     for k in ("color", "shape", "floor", "background"):
         sel = [i for i, d in enumerate(named) if k in d]
-        ok = np.array([got[k][i] == named[i][k] for i in sel])
+        ok = np.array([got[k][i] == named[i][k] for i in sel], dtype=bool)
         res[f"{k}_acc"] = float(ok.mean()) if sel else None
         res[f"{k}_n"] = len(sel)
         all_ok[sel] &= ok
