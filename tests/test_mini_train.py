@@ -126,6 +126,26 @@ def test_decoder_finetune_keeps_encoder_and_latents(tmp_path):
     assert read_json(state / "vae_decoder.json")["step"] == 2 and read_json(state / "vae.json")["step"] == 2
 
 
+def test_jittered_noise_scales_each_sample_and_channel():
+    import torch
+
+    from idsedit.errors import IdseditError
+    from idsedit.mini.train import TrainConfig, check_config, jittered_noise
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(512, 4, 8, 8, generator=g)
+    assert jittered_noise(noise, 0.0, g) is noise                    # off: the plain noise, nothing drawn
+    out = jittered_noise(noise, 0.2, torch.Generator().manual_seed(1))
+    ratio = out / noise
+    assert torch.allclose(ratio, ratio[:, :, :1, :1].expand_as(ratio), atol=1e-4)  # one scale per (sample, channel)
+    c = (ratio[:, :, 0, 0] - 1.0) / 0.2
+    assert abs(float(c.mean())) < 0.1 and abs(float(c.std()) - 1.0) < 0.1
+    # a channel's spatial std: 1 +- ~0.09 by chance (64 values) for plain noise, +- sqrt(0.09^2 + 0.2^2) jittered
+    assert float(out.std(dim=(2, 3)).std()) == pytest.approx((1 / 128 + 0.04) ** 0.5, rel=0.15)
+    with pytest.raises(IdseditError, match="unet_noise_jitter"):
+        check_config(TrainConfig(unet_noise_jitter=1.5))
+
+
 def test_offset_noise_adds_one_constant_per_sample_and_channel():
     import torch
 

@@ -88,6 +88,8 @@ class TrainConfig:
     unet_cooldown_frac: float = 0.1  # final lr fraction of the cool-down
     unet_noise_offset: float = 0.0  # >0: offset noise (noise + o * a per-sample, per-channel constant) ...
     unet_noise_offset_start: int = 0  # ... from this UNet step on (the fine-tune that teaches the low frequencies)
+    unet_noise_jitter: float = 0.0  # >0: training noise x (1 + j c), c ~ N(0, 1) per sample and channel ...
+    unet_noise_jitter_start: int = 0  # ... from this UNet step on (to discount the initial noise's chance variance)
     unet_lr_points: str = ""  # "step:frac,...": from the first point on, lr = unet_lr x the piecewise-linear frac
     #                           through them (flat after the last); overrides warm-up and cool-down (a fine-tune's
     #                           own schedule, e.g. "14550:0.1,14750:0.5,17000:0.5,18500:0.05")
@@ -114,6 +116,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise IdseditError(f"unknown --world {cfg.world!r}; use one of {', '.join(WORLDS)}")
     if cfg.unet_noise_offset < 0:
         raise IdseditError(f"unet_noise_offset must be >= 0, got {cfg.unet_noise_offset}")
+    if not 0.0 <= cfg.unet_noise_jitter < 1.0:
+        raise IdseditError(f"unet_noise_jitter must be in [0, 1), got {cfg.unet_noise_jitter}")
     parse_lr_points(cfg.unet_lr_points)
     if not 0.0 <= cfg.default_share <= 1.0:
         raise IdseditError(f"default_share must be in [0, 1], got {cfg.default_share}")
@@ -175,6 +179,19 @@ def offset_noise(noise, offset: float, gen):
 
     c = torch.randn(noise.shape[:2] + (1,) * (noise.dim() - 2), generator=gen, dtype=noise.dtype)
     return noise + offset * c
+
+
+def jittered_noise(noise, jitter: float, gen):
+    """Scale-jittered noise: noise x (1 + jitter c), c ~ N(0, 1) of shape (B, C, 1, 1) (one scale per sample and
+    channel), so that a channel's energy varies well beyond its chance spread and the model learns not to read excess
+    noise energy as image texture (docs/mini-prior-v2.md, 7.8). ``jitter`` = 0 returns ``noise`` itself and draws
+    nothing."""
+    if jitter <= 0:
+        return noise
+    import torch
+
+    c = torch.randn(noise.shape[:2] + (1,) * (noise.dim() - 2), generator=gen, dtype=noise.dtype)
+    return noise * (1.0 + jitter * c)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -746,6 +763,8 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=gen)
         if cfg.unet_noise_offset > 0 and step >= cfg.unet_noise_offset_start:
             noise = offset_noise(noise, cfg.unet_noise_offset, gen)
+        if cfg.unet_noise_jitter > 0 and step >= cfg.unet_noise_jitter_start:
+            noise = jittered_noise(noise, cfg.unet_noise_jitter, gen)
         z_t = sched.add_noise(z0, noise, t)
         h = te(tokens).last_hidden_state  # (B, L, hidden)
         eps = unet(z_t, t, h).sample
