@@ -48,7 +48,8 @@ def paired(rows: list[dict], a: str, b: str, key: str, *, n_boot: int = 2000, se
     cases = [c for (c, lab) in by if lab == a and (c, b) in by]
     if both_reached:
         cases = [c for c in cases if by[(c, a)].get("target_reached") and by[(c, b)].get("target_reached")]
-    p = paired_metric(by, a, b, key, cases, n_boot=n_boot, seed=seed) if cases else None
+    p = paired_metric([by[(c, a)] for c in cases], [by[(c, b)] for c in cases], key, n_boot=n_boot,
+                      seed=seed) if cases else None
     if p is None:
         return None
     direction = HIGHER if p["lo"] > 0 else LOWER if p["hi"] < 0 else SAME

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import IdseditError
-from .report import METRICS, PAIRED_METRICS, labels_in_order, paired_metric, rows_by_case
+from .report import METRICS, PAIRED_METRICS, _diff_cell, _value, labels_in_order, paired_metric, rows_by_case
 
 CASE_KEYS = ("source_prompt", "target_prompt", "seed")
 """What must agree between A's and B's row of a case for the two to be the same edit problem."""
@@ -77,41 +78,31 @@ def compare_rows(a: list[dict], b: list[dict], metrics: tuple[str, ...] = PAIRED
     ("a", "b": the two means over those cases)."""
     check_same_cases(a, b)
     ba, bb = rows_by_case(a), rows_by_case(b)
-    # one table {(case, label): row} with A's rows under "A|label" and B's under "B|label", for paired_metric
-    both = {(c, "A|" + lab): r for (c, lab), r in ba.items()} | {(c, "B|" + lab): r for (c, lab), r in bb.items()}
     out = {}
     for label in labels_in_order(a):
         cases = [c for (c, lab) in ba if lab == label and (c, label) in bb]
         if not cases:
             continue
+        xs, ys = [bb[(c, label)] for c in cases], [ba[(c, label)] for c in cases]
         d = {}
         for key in metrics:
-            p = paired_metric(both, "B|" + label, "A|" + label, key, cases, n_boot=n_boot, seed=seed)
+            p = paired_metric(xs, ys, key, n_boot=n_boot, seed=seed)
             if p is not None:
-                means = [_mean([both[(c, s + label)].get(key) for c in cases]) for s in ("A|", "B|")]
-                d[key] = p | {"a": means[0], "b": means[1]}
+                d[key] = p | {"a": _mean(ys, key), "b": _mean(xs, key)}
         if d:
             out[label] = d
     return out
 
 
-def _mean(values: list) -> float:
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(xs) / len(xs) if xs else float("nan")
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.nanmean([_value(r, key) for r in rows]))
 
 
-def _fmt(key: str, x: float) -> str:
-    return f"{100 * x:.1f}%" if METRICS.get(key, ("", ""))[1] == "pct" else f"{x:.2f}"
-
-
-def _fmt_diff(key: str, d: dict) -> str:
-    pct = METRICS.get(key, ("", ""))[1] == "pct"
-    s = 100.0 if pct else 1.0
-    unit = " pp" if pct else ""
-    star = " *" if d["lo"] > 0 or d["hi"] < 0 else ""
-    f = ".1f" if pct else ".2f"
-    return (f"{_fmt(key, d['a'])} -> {_fmt(key, d['b'])}: {s * d['mean']:+{f}} [{s * d['lo']:+{f}}, {s * d['hi']:+{f}}]"
-            f"{unit}{star}")
+def _cell(key: str, d: dict) -> str:
+    """"A -> B: B - A [95% CI]" (rates in %, their difference in percentage points; dB to 0.01)."""
+    kind = METRICS.get(key, ("", ""))[1]
+    mean = (lambda x: f"{100 * x:.1f}%") if kind == "pct" else (lambda x: f"{x:.2f}")
+    return f"{mean(d['a'])} -> {mean(d['b'])}: {_diff_cell(d, kind, digits=1 if kind == 'pct' else 2)}"
 
 
 def markdown(result: dict, name_a: str, name_b: str) -> str:
@@ -121,7 +112,7 @@ def markdown(result: dict, name_a: str, name_b: str) -> str:
              "", "| run | n | " + " | ".join(METRICS[k][0] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for label, d in result.items():
         n = next(iter(d.values()))["n"]
-        lines.append(f"| {label} | {n} | " + " | ".join(_fmt_diff(k, d[k]) if k in d else "-" for k in keys) + " |")
+        lines.append(f"| {label} | {n} | " + " | ".join(_cell(k, d[k]) if k in d else "-" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

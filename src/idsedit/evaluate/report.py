@@ -85,16 +85,16 @@ def rows_by_case(rows: list[dict]) -> dict:
     return {(r["case"], r["label"]): r for r in rows}
 
 
-def paired_metric(by: dict, a: str, b: str, key: str, cases: list, *, n_boot: int = 2000,
-                  seed: int = 0) -> dict | None:
-    """{"mean", "lo", "hi", "n"}: run ``a`` minus run ``b`` on ``key`` over ``cases`` (each edited by both), the
-    mean of x_c - y_c with its paired bootstrap 95% CI; None when either run lacks the metric on every case."""
-    x = [_value(by[(c, a)], key) for c in cases]
-    y = [_value(by[(c, b)], key) for c in cases]
+def paired_metric(xs: list[dict], ys: list[dict], key: str, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """{"mean", "lo", "hi", "n"}: the mean of x_c - y_c on ``key`` over paired rows (``xs[i]`` and ``ys[i]``: the
+    two runs' rows of one case) with its paired bootstrap 95% CI; None when either side lacks the metric on every
+    case."""
+    x = [_value(r, key) for r in xs]
+    y = [_value(r, key) for r in ys]
     if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
         return None
     m, lo, hi = paired_bootstrap_ci(x, y, n_boot=n_boot, seed=seed)
-    return {"mean": m, "lo": lo, "hi": hi, "n": len(cases)}
+    return {"mean": m, "lo": lo, "hi": hi, "n": len(xs)}
 
 
 def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -108,7 +108,8 @@ def paired_differences(rows: list[dict], baseline: str, *, n_boot: int = 2000, s
         cases = [c for c in base_cases if (c, label) in by]
         if not cases:
             continue
-        d = {key: paired_metric(by, label, baseline, key, cases, n_boot=n_boot, seed=seed) for key in PAIRED_METRICS}
+        xs, ys = [by[(c, label)] for c in cases], [by[(c, baseline)] for c in cases]
+        d = {key: paired_metric(xs, ys, key, n_boot=n_boot, seed=seed) for key in PAIRED_METRICS}
         out[label] = {k: v for k, v in d.items() if v is not None}
     return out
 
@@ -192,13 +193,15 @@ def _cell(s: dict | None, kind: str, ci: bool = True) -> str:
     return text
 
 
-def _diff_cell(s: dict | None, kind: str) -> str:
+def _diff_cell(s: dict | None, kind: str, digits: int = 1) -> str:
+    """A paired difference "mean [lo, hi]" (percentage points for rates), " *" where the CI excludes 0."""
     if not s:
         return "-"
     scale = 100 if kind == "pct" else 1
     unit = " pp" if kind == "pct" else ""
     sig = " *" if (s["lo"] > 0 or s["hi"] < 0) else ""
-    return f"{scale * s['mean']:+.1f} [{scale * s['lo']:+.1f}, {scale * s['hi']:+.1f}]{unit}{sig}"
+    f = f"+.{digits}f"
+    return f"{scale * s['mean']:{f}} [{scale * s['lo']:{f}}, {scale * s['hi']:{f}}]{unit}{sig}"
 
 
 def _run_row(label: str, s: dict, cols: list[str]) -> str:

@@ -167,6 +167,13 @@ def lr_points_factor(step: int, points: list[tuple[int, float]]) -> float | None
     return points[-1][1]
 
 
+def per_channel_normal(noise, gen):
+    """c ~ N(0, 1) of shape (B, C, 1, 1), ``noise``'s dtype: one draw per sample and channel, broadcast over space."""
+    import torch
+
+    return torch.randn(noise.shape[:2] + (1,) * (noise.dim() - 2), generator=gen, dtype=noise.dtype)
+
+
 def offset_noise(noise, offset: float, gen):
     """Offset noise: noise + offset * c, c ~ N(0, 1) of shape (B, C, 1, 1) (one constant per sample and channel).
 
@@ -175,10 +182,7 @@ def offset_noise(noise, offset: float, gen):
     tinted backgrounds). ``offset`` = 0 returns ``noise`` itself and draws nothing."""
     if offset <= 0:
         return noise
-    import torch
-
-    c = torch.randn(noise.shape[:2] + (1,) * (noise.dim() - 2), generator=gen, dtype=noise.dtype)
-    return noise + offset * c
+    return noise + offset * per_channel_normal(noise, gen)
 
 
 def jittered_noise(noise, jitter: float, gen):
@@ -188,10 +192,7 @@ def jittered_noise(noise, jitter: float, gen):
     nothing."""
     if jitter <= 0:
         return noise
-    import torch
-
-    c = torch.randn(noise.shape[:2] + (1,) * (noise.dim() - 2), generator=gen, dtype=noise.dtype)
-    return noise * (1.0 + jitter * c)
+    return noise * (1.0 + jitter * per_channel_normal(noise, gen))
 
 
 def ema_decay_at(step: int, decay: float) -> float:
