@@ -144,6 +144,12 @@ def test_jittered_noise_scales_each_sample_and_channel():
     assert float(out.std(dim=(2, 3)).std()) == pytest.approx((1 / 128 + 0.04) ** 0.5, rel=0.15)
     with pytest.raises(IdseditError, match="unet_noise_jitter"):
         check_config(TrainConfig(unet_noise_jitter=1.5))
+    # only where t >= min_t: the masked samples keep their noise, the others get the same scales as unmasked
+    where = torch.arange(512) % 2 == 0
+    part = jittered_noise(noise, 0.2, torch.Generator().manual_seed(1), where)
+    assert torch.equal(part[~where], noise[~where]) and torch.equal(part[where], out[where])
+    with pytest.raises(IdseditError, match="unet_noise_jitter_min_t"):
+        check_config(TrainConfig(unet_noise_jitter_min_t=1000))
 
 
 def test_offset_noise_adds_one_constant_per_sample_and_channel():

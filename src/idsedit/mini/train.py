@@ -90,6 +90,7 @@ class TrainConfig:
     unet_noise_offset_start: int = 0  # ... from this UNet step on (the fine-tune that teaches the low frequencies)
     unet_noise_jitter: float = 0.0  # >0: training noise x (1 + j c), c ~ N(0, 1) per sample and channel ...
     unet_noise_jitter_start: int = 0  # ... from this UNet step on (to discount the initial noise's chance variance)
+    unet_noise_jitter_min_t: int = 0  # ... on the samples with t >= this only (where the noise's energy is readable)
     unet_lr_points: str = ""  # "step:frac,...": from the first point on, lr = unet_lr x the piecewise-linear frac
     #                           through them (flat after the last); overrides warm-up and cool-down (a fine-tune's
     #                           own schedule, e.g. "14550:0.1,14750:0.5,17000:0.5,18500:0.05")
@@ -118,6 +119,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise IdseditError(f"unet_noise_offset must be >= 0, got {cfg.unet_noise_offset}")
     if not 0.0 <= cfg.unet_noise_jitter < 1.0:
         raise IdseditError(f"unet_noise_jitter must be in [0, 1), got {cfg.unet_noise_jitter}")
+    if not 0 <= cfg.unet_noise_jitter_min_t < 1000:
+        raise IdseditError(f"unet_noise_jitter_min_t must be a timestep in [0, 1000), got {cfg.unet_noise_jitter_min_t}")
     parse_lr_points(cfg.unet_lr_points)
     if not 0.0 <= cfg.default_share <= 1.0:
         raise IdseditError(f"default_share must be in [0, 1], got {cfg.default_share}")
@@ -185,14 +188,18 @@ def offset_noise(noise, offset: float, gen):
     return noise + offset * per_channel_normal(noise, gen)
 
 
-def jittered_noise(noise, jitter: float, gen):
+def jittered_noise(noise, jitter: float, gen, where=None):
     """Scale-jittered noise: noise x (1 + jitter c), c ~ N(0, 1) of shape (B, C, 1, 1) (one scale per sample and
     channel), so that a channel's energy varies well beyond its chance spread and the model learns not to read excess
-    noise energy as image texture (docs/mini-prior-v2.md, 7.8). ``jitter`` = 0 returns ``noise`` itself and draws
-    nothing."""
+    noise energy as image texture (docs/mini-prior-v2.md, 7.8-7.9). ``where``: optional (B,) bool, the samples to
+    jitter (the others keep their noise; c is drawn for all, so the random stream does not depend on it).
+    ``jitter`` = 0 returns ``noise`` itself and draws nothing."""
     if jitter <= 0:
         return noise
-    return noise * (1.0 + jitter * per_channel_normal(noise, gen))
+    c = per_channel_normal(noise, gen)
+    if where is not None:
+        c = c * where.to(c.dtype).view(-1, *[1] * (noise.ndim - 1))
+    return noise * (1.0 + jitter * c)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -765,7 +772,8 @@ def train_unet(cfg: TrainConfig, world, log: Callable[[str], None] = print) -> d
         if cfg.unet_noise_offset > 0 and step >= cfg.unet_noise_offset_start:
             noise = offset_noise(noise, cfg.unet_noise_offset, gen)
         if cfg.unet_noise_jitter > 0 and step >= cfg.unet_noise_jitter_start:
-            noise = jittered_noise(noise, cfg.unet_noise_jitter, gen)
+            where = t >= cfg.unet_noise_jitter_min_t if cfg.unet_noise_jitter_min_t > 0 else None
+            noise = jittered_noise(noise, cfg.unet_noise_jitter, gen, where)
         z_t = sched.add_noise(z0, noise, t)
         h = te(tokens).last_hidden_state  # (B, L, hidden)
         eps = unet(z_t, t, h).sample
