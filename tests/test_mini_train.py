@@ -167,3 +167,13 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel():
     assert abs(float(c.mean())) < 0.1 and abs(float(c.std()) - 1.0) < 0.1    # c ~ N(0, 1) per (sample, channel)
     # the spatial mean of plain noise has std 1/8 here; offset noise's has std sqrt(1/64 + 0.25)
     assert float(out.mean(dim=(2, 3)).std()) == pytest.approx((1 / 64 + 0.25) ** 0.5, rel=0.1)
+
+
+def test_export_readme_names_the_noise_fine_tunes():
+    from idsedit.mini.export import noise_recipe
+
+    assert noise_recipe({}) == "" and noise_recipe({"unet_noise_offset": 0.0}) == ""
+    assert noise_recipe({"unet_noise_offset": 0.1, "unet_noise_offset_start": 14550, "unet_noise_jitter": 0.15,
+                         "unet_noise_jitter_start": 17200}) == \
+        "; training noise: offset 0.1 from step 14550, per-channel scale jitter 0.15 from step 17200"
+    assert "where t >= 300" in noise_recipe({"unet_noise_jitter": 0.1, "unet_noise_jitter_min_t": 300})

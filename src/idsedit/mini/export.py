@@ -67,12 +67,25 @@ captions such as "a red cube" or "a small red cube on a blue floor"). It exists 
 runs offline out of the box; it knows nothing outside the shapes world.
 
 - VAE (AutoencoderKL) 64x64x3 <-> 16x16x4, scaling_factor {sf:.4f}; {vae_steps} steps, {vae_min:.1f} min{dec}; held-out PSNR {psnr:.2f} dB
-- UNet2DConditionModel + CLIPTextModel (EMA weights), {unet_steps} steps, {unet_min:.1f} min
+- UNet2DConditionModel + CLIPTextModel (EMA weights), {unet_steps} steps, {unet_min:.1f} min{noise}
 - Scheduler: SD 1.x (1000 steps, scaled_linear 0.00085-0.012, epsilon, steps_offset 1)
 - Hardware: {hw}
 
 Details: training.json. Load with `diffusers.StableDiffusionPipeline.from_pretrained(this_folder)`.
 """
+
+
+def noise_recipe(recipe: dict) -> str:
+    """The training noise's fine-tunes named in a recipe (config.json), e.g. "; training noise: offset 0.1 from
+    step 14550, per-channel scale jitter 0.15 from step 17200", or "" for plain Gaussian noise throughout."""
+    parts = []
+    if recipe.get("unet_noise_offset", 0) > 0:
+        parts.append(f"offset {recipe['unet_noise_offset']:g} from step {recipe.get('unet_noise_offset_start', 0)}")
+    if recipe.get("unet_noise_jitter", 0) > 0:
+        where = f" where t >= {recipe['unet_noise_jitter_min_t']}" if recipe.get("unet_noise_jitter_min_t", 0) else ""
+        parts.append(f"per-channel scale jitter {recipe['unet_noise_jitter']:g}{where} from step "
+                     f"{recipe.get('unet_noise_jitter_start', 0)}")
+    return "; training noise: " + ", ".join(parts) if parts else ""
 
 
 def to_fp16_files(folder: Path) -> int:
@@ -120,7 +133,7 @@ def export_pipeline(state: Path, out: Path, quality: dict | None = None, fp16: b
              f"{record['vae_decoder_finetune']['minutes']:.1f} min" if record["vae_decoder_finetune"] else ""),
         psnr=(record["vae_decoder_finetune"] or record["vae"])["val_psnr"] or float("nan"),
         unet_steps=record["unet"]["step"],
-        unet_min=record["unet"]["minutes"] or 0,
+        unet_min=record["unet"]["minutes"] or 0, noise=noise_recipe(recipe),
         hw=f"{hw.get('cpu')} ({hw.get('logical_cpus')} logical CPUs, {hw.get('torch_threads')} torch threads, "
            f"torch {hw.get('torch')})"))
     if out.exists():
