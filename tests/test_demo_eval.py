@@ -60,3 +60,17 @@ def test_demo_rejects_bad_attributes():
         demo_case("pyramid", "red", "blue", 0)
     with pytest.raises(IdseditError, match="nothing to edit"):
         demo_case("cube", "red", "red", 0)
+
+
+def test_demo_scene_keeps_the_world_rule_object_colour_is_not_the_floor_colour():
+    from idsedit.demo import demo_case
+    from idsedit.shapes import sample_scene
+    import numpy as np
+
+    assert sample_scene(np.random.default_rng(0)).floor_color == "red"      # seed 0's floor: the default cube's colour
+    case = demo_case("cube", "red", "blue", 0)
+    assert case.source_params.floor_color == case.target_params.floor_color == "yellow"   # first of COLORS not red/blue/orange
+    assert case.source_params.main.color == "red" and case.target_params.main.color == "blue"
+    assert case.source_params.background == sample_scene(np.random.default_rng(0)).background
+    kept = demo_case("cube", "green", "blue", 0)                           # no clash: the seed's scene as drawn
+    assert kept.source_params.floor_color == "red"

@@ -33,7 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def demo_case(shape: str, color: str, target_color: str, scene_seed: int):
-    """A seeded scene whose main object is a `color` `shape`, and the same scene with it in `target_color`."""
+    """A seeded scene whose main object is a `color` `shape`, and the same scene with it in `target_color`.
+
+    The shapes world never draws an object the colour of its floor (the prior has not seen one), so where the seed's
+    floor has the source or the target colour it is repainted in the first colour (COLORS order) that is neither
+    of them nor the backdrop's; e.g. scene 0's red floor under the default red cube becomes yellow."""
     from .errors import IdseditError
     from .evaluate import ShapesEditCase
     from .shapes import COLORS, SHAPES, caption, sample_scene, with_changes
@@ -45,6 +49,8 @@ def demo_case(shape: str, color: str, target_color: str, scene_seed: int):
     if color == target_color:
         raise IdseditError(f"the target colour equals the source colour ({color}): nothing to edit")
     p = with_changes(sample_scene(np.random.default_rng(scene_seed)), shape=shape, color=color)
+    if p.floor_color in (color, target_color):
+        p = with_changes(p, floor=next(c for c in COLORS if c not in (color, target_color, p.background)))
     q = with_changes(p, color=target_color)
     return ShapesEditCase(f"demo-{scene_seed}", p, q, caption(p), caption(q), "color")
 
