@@ -257,3 +257,69 @@ def test_decoder_schedule_from_config_and_resume_guard(trained, tmp_path):
     with pytest.raises(IdseditError, match="decoder schedule"):
         train_mini("decoder", cfg_v2(state, 4), log=quiet)
     assert read_json(state / "vae_decoder.json")["step"] == 3  # nothing written
+
+
+def test_deepen_vae_is_the_identity_and_trainable():
+    """deepen_vae adds resnets whose last convolution is zero: same latents, same decodes; the added decoder resnets
+    get gradients (their first convolution is random), the encoder's convolutions are zero."""
+    from idsedit.mini.models import build_vae, deepen_vae
+
+    torch.manual_seed(0)
+    vae = build_vae(TINY).eval()
+    deep = deepen_vae(vae, 2).eval()
+    added = [k for k in deep.state_dict() if k not in vae.state_dict()]
+    assert deep.config.layers_per_block == 2 and added
+    assert any(k.startswith("decoder.") and ".resnets.2." in k for k in added)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z, z2 = vae.encode(x).latent_dist.mean, deep.encode(x).latent_dist.mean
+        assert torch.equal(z, z2) and torch.equal(vae.decode(z).sample, deep.decode(z).sample)
+    assert all(not deep.state_dict()[k].any() for k in added if k.startswith("encoder.") and ".conv" in k)
+    deep.decode(z).sample.square().mean().backward()
+    grads = dict(deep.named_parameters())
+    assert grads["decoder.up_blocks.2.resnets.2.conv2.weight"].grad.abs().sum() > 0
+    assert torch.equal(deepen_vae(vae, 2, seed=3).state_dict()[added[-1]], deepen_vae(vae, 2, seed=3).state_dict()[added[-1]])
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deepen_vae(deep, 1)
+
+
+def test_decoder_stage_deepens_then_resumes_and_exports(trained, tmp_path):
+    """decoder_layers_per_block above the state's decoder: the stage grows the current fine-tuned decoder (a new
+    fine-tune from step 0, recording where it grew from), later calls resume it, load_vae and the export build the
+    deeper VAE, and the latents (what the UNet was trained on) stay bit-identical."""
+    from diffusers import AutoencoderKL
+
+    from idsedit.mini.export import export_pipeline
+    from idsedit.mini.train import decoder_layers, init_state, load_vae
+
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    train_mini("decoder", cfg_v2(state, 2), log=quiet)
+    conf = json.loads((state / "config.json").read_text())
+    conf.update(decoder_layers_per_block=2, decoder_lr=3e-4, decoder_warmup_steps=1, decoder_decay_steps=3)
+    (state / "config.json").write_text(json.dumps(conf))
+    cfg = init_state(cfg_v2(state, 2))
+    before = load_vae(cfg)
+    meta = train_mini("decoder", cfg_v2(state, 2), log=quiet)["decoder"]
+    assert meta["step"] == 2 and meta["layers_per_block"] == 2 and meta["grown_from"]["step"] == 2
+    assert meta["grown_from"]["layers_per_block"] == 1 and meta["lr_schedule"] == [3e-4, 1, 3, 0.05]
+    assert decoder_layers(cfg) == 2
+    deep, enc_only = load_vae(cfg), load_vae(cfg, decoder=False)
+    assert deep.config.layers_per_block == 2 and enc_only.config.layers_per_block == 1
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = before.encode(x).latent_dist.mean
+        assert torch.equal(z, deep.encode(x).latent_dist.mean) and torch.equal(z, enc_only.encode(x).latent_dist.mean)
+        assert not torch.equal(before.decode(z).sample, deep.decode(z).sample)  # the deeper decoder trained
+    assert train_mini("decoder", cfg_v2(state, 3), log=quiet)["decoder"]["step"] == 3  # resumes, no second growth
+    assert read_json(state / "vae_decoder.json")["grown_from"]["step"] == 2
+    out = tmp_path / "export"
+    export_pipeline(state, out)
+    loaded = AutoencoderKL.from_pretrained(out / "vae")
+    assert loaded.config.layers_per_block == 2
+    record = json.loads((out / "training.json").read_text())["vae_decoder_finetune"]
+    assert record["layers_per_block"] == 2 and record["step"] == 3 and record["grown_from"]["step"] == 2
+    assert "decoder-only fine-tune 2 steps" in (out / "README.md").read_text()
+    assert "then decoder deepened to 2 resnets per block and fine-tuned 3 steps" in (out / "README.md").read_text()
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode(x).latent_dist.mean, z, atol=1e-6)

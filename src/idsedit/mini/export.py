@@ -50,7 +50,8 @@ def training_record(state: Path) -> dict:
                                                                "config.json"))
     return {
         "vae": {k: vae.get(k) for k in ("step", "minutes", "val_psnr", "latent_std", "scaling_factor")},
-        "vae_decoder_finetune": {k: dec.get(k) for k in ("step", "minutes", "val_psnr")} if dec else None,
+        "vae_decoder_finetune": {k: dec.get(k) for k in ("step", "minutes", "val_psnr", "layers_per_block", "grown_from")
+                                 if k in dec} if dec else None,
         "unet": {k: unet.get(k) for k in ("step", "minutes")},
         "unet_loss_history": unet.get("history", [])[-20:],
         "hardware": unet.get("hardware") or vae.get("hardware"),
@@ -86,6 +87,21 @@ def noise_recipe(recipe: dict) -> str:
         parts.append(f"per-channel scale jitter {recipe['unet_noise_jitter']:g}{where} from step "
                      f"{recipe.get('unet_noise_jitter_start', 0)}")
     return "; training noise: " + ", ".join(parts) if parts else ""
+
+
+def decoder_note(dec: dict | None) -> str:
+    """The README's words for the decoder-only fine-tune(s) of a training record, e.g. " + decoder-only fine-tune
+    800 steps, 84.8 min" or, for a deepened decoder, " + decoder-only fine-tune 800 steps, 84.8 min, then deepened to
+    2 resnets per block and fine-tuned 1000 steps, 47.0 min"."""
+    if not dec:
+        return ""
+    grown = dec.get("grown_from")
+    now = f"{dec['step']} steps, {dec['minutes'] or 0:.1f} min"
+    if not grown:
+        return f" + decoder-only fine-tune {now}"
+    before = (f"decoder-only fine-tune {grown['step']} steps, {grown['minutes'] or 0:.1f} min, then "
+              if grown.get("step") else "")
+    return f" + {before}decoder deepened to {dec['layers_per_block']} resnets per block and fine-tuned {now}"
 
 
 def to_fp16_files(folder: Path) -> int:
@@ -129,8 +145,7 @@ def export_pipeline(state: Path, out: Path, quality: dict | None = None, fp16: b
     (tmp / "README.md").write_text(README.format(
         views=views,
         sf=pipe.vae.config.scaling_factor, vae_steps=record["vae"]["step"], vae_min=record["vae"]["minutes"] or 0,
-        dec=(f" + decoder-only fine-tune {record['vae_decoder_finetune']['step']} steps, "
-             f"{record['vae_decoder_finetune']['minutes']:.1f} min" if record["vae_decoder_finetune"] else ""),
+        dec=decoder_note(record["vae_decoder_finetune"]),
         psnr=(record["vae_decoder_finetune"] or record["vae"])["val_psnr"] or float("nan"),
         unet_steps=record["unet"]["step"],
         unet_min=record["unet"]["minutes"] or 0, noise=noise_recipe(recipe),

@@ -55,6 +55,32 @@ def build_vae(cfg: MiniModelConfig, scaling_factor: float = 1.0):
     )
 
 
+def deepen_vae(vae, layers_per_block: int, seed: int = 0):
+    """A copy of AutoencoderKL ``vae`` with ``layers_per_block`` resnets per block (the decoder's blocks: one more)
+    that computes exactly the same function: every added resnet's last convolution is zero, so it is the identity
+    (out = h + conv2(...) = h) and the latents and decodes are unchanged until the decoder is trained. The added
+    decoder resnets keep a random first convolution (seeded), so they receive gradients; the encoder's convolutions are
+    both zero.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    old_layers = vae.config.layers_per_block
+    if layers_per_block < old_layers:
+        raise ValueError(f"cannot deepen a VAE of {old_layers} resnets per block to {layers_per_block}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grown = AutoencoderKL.from_config(vae.config, layers_per_block=layers_per_block)
+    old, state = vae.state_dict(), grown.state_dict()
+    for k, v in state.items():
+        if k in old:
+            state[k] = old[k].clone()
+        elif ".conv2." in k or (k.startswith("encoder.") and ".conv1." in k):
+            state[k] = torch.zeros_like(v)
+    grown.load_state_dict(state)
+    return grown.train(vae.training)
+
+
 def build_text_encoder(cfg: MiniModelConfig, vocab_size: int, bos_id: int, eos_id: int):
     """CLIPTextModel with a small width/depth; pad = eos, pooled output at the eos token."""
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -136,5 +162,5 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MiniModelConfig", "build_vae", "build_text_encoder", "build_unet", "build_scheduler",
+__all__ = ["MiniModelConfig", "build_vae", "deepen_vae", "build_text_encoder", "build_unet", "build_scheduler",
            "build_train_scheduler", "SCHEDULER_CONFIG", "count_params"]

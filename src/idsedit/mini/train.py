@@ -17,7 +17,8 @@ State folder layout::
     config.json                model + training config (fixed at the first call)
     tokenizer/                 CLIPTokenizer folder
     vae.safetensors            VAE weights (fp32)        vae_opt.safetensors   AdamW moments (bf16)
-    vae_decoder.safetensors    fine-tuned decoder (optional; encoder and latents unchanged)
+    vae_decoder.safetensors    fine-tuned decoder (optional; encoder and latents unchanged; vae_decoder.json
+                               records its resnets per block when deepened, see decoder_layers_per_block)
     unet.safetensors, text_encoder.safetensors          current weights (fp32)
     unet_ema.safetensors, text_encoder_ema.safetensors  EMA weights (fp32, exported)
     unet_opt.safetensors       AdamW moments (bf16)
@@ -81,6 +82,9 @@ class TrainConfig:
     decoder_lr: float = 0.0  # peak lr of that decoder schedule (0: vae_lr). Start low: re-warming an annealed VAE's
     #                          decoder to 1e-3 cost 3 dB in 200 steps (docs/mini-prior-v2.md, section 6.1)
     decoder_warmup_steps: int = 0  # warm-up steps of that decoder schedule (0: warmup_steps)
+    decoder_layers_per_block: int = 0  # >0 and more than the decoder has: the decoder stage first deepens the VAE
+    #                                    to this many resnets per block (models.deepen_vae: identity resnets, same
+    #                                    latents) and starts a new fine-tune of the deeper decoder from the current one
     heldout_every: int = 0  # >0: every this many UNet steps, log the EMA model's held-out denoising loss
     heldout_draws: int = 4  # held-out (t, noise) draws per validation scene
     unet_cooldown_start: int = 0  # >0: from this UNet step, decay the lr linearly ...
@@ -413,28 +417,40 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
     from tqdm.auto import tqdm
 
     from .data import images_to_tensor
-    from .models import build_vae
+    from .models import build_vae, deepen_vae
 
     name, stream = ("vae", 0) if part == "vae" else ("vae_decoder", 10)
     done = read_json(cfg.state / f"{name}.json")
-    if done is not None and 0 < cfg.max_steps <= done["step"] and (cfg.state / f"{name}.safetensors").exists():
+    grow = part == "decoder" and cfg.decoder_layers_per_block > decoder_layers(cfg)
+    if done is not None and not grow and 0 < cfg.max_steps <= done["step"] and (cfg.state / f"{name}.safetensors").exists():
         log(f"{name} already at step {done['step']} >= --max-steps {cfg.max_steps}: nothing to do")
         return done
     torch.manual_seed(cfg.seed)
     train, val = scene_cache(cfg, world, "train", log), scene_cache(cfg, world, "val", log)
     vae = build_vae(cfg.model)
-    all_params = list(vae.parameters())
-    named = dict(vae.named_parameters())
+    meta = read_json(cfg.state / f"{name}.json", {"step": 0, "minutes": 0.0, "history": []})
     if part == "decoder":
         if not (cfg.state / "vae.safetensors").exists():
             raise IdseditError(f"no trained VAE in {cfg.state}: run `python -m idsedit.mini.train --stage vae` first")
-        vae.load_state_dict(load_tensors(cfg.state / "vae.safetensors"))
-        for k, p in named.items():
+        if grow:  # deepen the current decoder (identity resnets), then fine-tune it afresh from step 0
+            vae = load_vae(cfg).train()
+            grown_from = {"layers_per_block": decoder_layers(cfg), **{k: (done or {}).get(k) for k in
+                                                                      ("step", "minutes", "val_psnr")}}
+            vae = deepen_vae(vae, cfg.decoder_layers_per_block, seed=cfg.seed)
+            meta = {"step": 0, "minutes": 0.0, "history": [], "grown_from": grown_from}
+            log(f"decoder deepened from {grown_from['layers_per_block']} to {cfg.decoder_layers_per_block} resnets "
+                f"per block (identity resnets): a new fine-tune from step 0")
+        else:
+            vae.load_state_dict(load_tensors(cfg.state / "vae.safetensors"))
+            if decoder_layers(cfg) > vae.config.layers_per_block:  # resuming a deepened decoder's fine-tune
+                vae = deepen_vae(vae, decoder_layers(cfg), seed=cfg.seed)
+        for k, p in vae.named_parameters():
             p.requires_grad_(decoder_keys(k))
+        meta["layers_per_block"] = vae.config.layers_per_block
+    all_params = list(vae.parameters())
     params = [p for p in all_params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
-    meta = read_json(cfg.state / f"{name}.json", {"step": 0, "minutes": 0.0, "history": []})
-    if (cfg.state / f"{name}.safetensors").exists():
+    if (cfg.state / f"{name}.safetensors").exists() and not grow:
         vae.load_state_dict(load_tensors(cfg.state / f"{name}.safetensors"), strict=part == "vae")
         if (cfg.state / f"{name}_opt.safetensors").exists():
             restore_optimizer(opt, params, load_tensors(cfg.state / f"{name}_opt.safetensors"), meta["step"])
@@ -442,7 +458,7 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
             meta.setdefault("fresh_moments_at", []).append(meta["step"])
             log(f"no {name}_opt.safetensors: fresh AdamW moments, lr re-warmed from step {meta['step']}")
         log(f"resumed {name} at step {meta['step']} ({meta['minutes']:.1f} min)")
-    elif part == "decoder" and (cfg.state / "vae_opt.safetensors").exists():
+    elif part == "decoder" and not grow and (cfg.state / "vae_opt.safetensors").exists():
         # continue the VAE's own Adam moments for the decoder parameters (no warm-up)
         full = load_tensors(cfg.state / "vae_opt.safetensors")
         index = {id(p): i for i, p in enumerate(all_params)}
@@ -532,12 +548,19 @@ def _keep_going(cfg: TrainConfig, step: int, t0: float) -> bool:
 # ----------------------------------------------------------------------------- UNet stage
 
 
+def decoder_layers(cfg: TrainConfig) -> int:
+    """Resnets per block of the state's decoder: vae_decoder.json's ``layers_per_block`` (a deepened decoder), else
+    the VAE's."""
+    return read_json(cfg.state / "vae_decoder.json", {}).get("layers_per_block", cfg.model.vae_layers_per_block)
+
+
 def load_vae(cfg: TrainConfig, decoder: bool = True):
     """The trained VAE from the state folder, with its scaling factor (1 / latent std) if measured.
 
-    ``decoder=True`` uses the fine-tuned decoder (``vae_decoder.safetensors``) when there is one.
+    ``decoder=True`` uses the fine-tuned decoder (``vae_decoder.safetensors``) when there is one, deepening the VAE
+    first (identity resnets in the encoder, same latents) when that decoder was deepened.
     """
-    from .models import build_vae
+    from .models import build_vae, deepen_vae
 
     path = cfg.state / "vae.safetensors"
     if not path.exists():
@@ -546,6 +569,8 @@ def load_vae(cfg: TrainConfig, decoder: bool = True):
     vae = build_vae(cfg.model, scaling_factor=sf)
     vae.load_state_dict(load_tensors(path))
     if decoder and (cfg.state / "vae_decoder.safetensors").exists():  # fine-tuned decoder (same latents)
+        if decoder_layers(cfg) > vae.config.layers_per_block:
+            vae = deepen_vae(vae, decoder_layers(cfg), seed=cfg.seed)
         vae.load_state_dict(load_tensors(cfg.state / "vae_decoder.safetensors"), strict=False)
     return vae.eval().requires_grad_(False)
 
