@@ -427,23 +427,20 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
         return done
     torch.manual_seed(cfg.seed)
     train, val = scene_cache(cfg, world, "train", log), scene_cache(cfg, world, "val", log)
-    vae = build_vae(cfg.model)
     meta = read_json(cfg.state / f"{name}.json", {"step": 0, "minutes": 0.0, "history": []})
-    if part == "decoder":
+    if part == "vae":
+        vae = build_vae(cfg.model)
+    else:
         if not (cfg.state / "vae.safetensors").exists():
             raise IdseditError(f"no trained VAE in {cfg.state}: run `python -m idsedit.mini.train --stage vae` first")
+        vae = load_vae(cfg).train()  # with the current decoder fine-tune (deepened if it was), when there is one
         if grow:  # deepen the current decoder (identity resnets), then fine-tune it afresh from step 0
-            vae = load_vae(cfg).train()
-            grown_from = {"layers_per_block": decoder_layers(cfg), **{k: (done or {}).get(k) for k in
-                                                                      ("step", "minutes", "val_psnr")}}
+            grown_from = {"layers_per_block": vae.config.layers_per_block, **{k: (done or {}).get(k) for k in
+                                                                             ("step", "minutes", "val_psnr")}}
             vae = deepen_vae(vae, cfg.decoder_layers_per_block, seed=cfg.seed)
             meta = {"step": 0, "minutes": 0.0, "history": [], "grown_from": grown_from}
             log(f"decoder deepened from {grown_from['layers_per_block']} to {cfg.decoder_layers_per_block} resnets "
                 f"per block (identity resnets): a new fine-tune from step 0")
-        else:
-            vae.load_state_dict(load_tensors(cfg.state / "vae.safetensors"))
-            if decoder_layers(cfg) > vae.config.layers_per_block:  # resuming a deepened decoder's fine-tune
-                vae = deepen_vae(vae, decoder_layers(cfg), seed=cfg.seed)
         for k, p in vae.named_parameters():
             p.requires_grad_(decoder_keys(k))
         meta["layers_per_block"] = vae.config.layers_per_block
@@ -451,7 +448,8 @@ def train_vae(cfg: TrainConfig, world, log: Callable[[str], None] = print, part:
     params = [p for p in all_params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=cfg.weight_decay)
     if (cfg.state / f"{name}.safetensors").exists() and not grow:
-        vae.load_state_dict(load_tensors(cfg.state / f"{name}.safetensors"), strict=part == "vae")
+        if part == "vae":  # (the decoder stage's weights came with load_vae)
+            vae.load_state_dict(load_tensors(cfg.state / f"{name}.safetensors"))
         if (cfg.state / f"{name}_opt.safetensors").exists():
             restore_optimizer(opt, params, load_tensors(cfg.state / f"{name}_opt.safetensors"), meta["step"])
         else:  # restored from a weights-only snapshot: fresh Adam moments, lr warmed up again from here
@@ -569,8 +567,9 @@ def load_vae(cfg: TrainConfig, decoder: bool = True):
     vae = build_vae(cfg.model, scaling_factor=sf)
     vae.load_state_dict(load_tensors(path))
     if decoder and (cfg.state / "vae_decoder.safetensors").exists():  # fine-tuned decoder (same latents)
-        if decoder_layers(cfg) > vae.config.layers_per_block:
-            vae = deepen_vae(vae, decoder_layers(cfg), seed=cfg.seed)
+        layers = decoder_layers(cfg)
+        if layers > vae.config.layers_per_block:
+            vae = deepen_vae(vae, layers, seed=cfg.seed)
         vae.load_state_dict(load_tensors(cfg.state / "vae_decoder.safetensors"), strict=False)
     return vae.eval().requires_grad_(False)
 
